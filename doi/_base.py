@@ -1,0 +1,86 @@
+"""Distributions of interest: where an explanation must be faithful.
+
+A *pointwise* DoI turns each anchor point ``x_i`` into ``S`` weighted samples
+``(x_{ik}, w_{ik})``; the influence at ``x_i`` is ``Σ_k w_{ik} ∇(q∘g)(x_{ik})``. The ``S``
+samples form ``G`` independent groups of ``S/G`` samples whose weights each sum to 1
+(a quadrature rule is one group; ``S`` plain random draws are ``S`` groups of one), so
+the per-anchor estimate is the mean of the ``G`` group estimates and its Monte Carlo
+standard error is their standard deviation over ``√G`` (zero when ``G = 1``: a
+deterministic rule has no sampling error).
+
+A *population* DoI (:class:`~doi.ClassDoI`, :class:`~doi.DatasetDoI`) is uniform over a
+set of anchors, each expanded by a pointwise DoI; its influence is the mean of the
+anchors' influences, with the standard error of that mean across anchors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+from torch import Tensor
+
+Space = Literal["input", "slice"]
+SPACES: tuple[str, ...] = ("input", "slice")
+
+
+class DistributionOfInterest(ABC):
+    """Base of every DoI (see :mod:`doi`)."""
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Which samples to draw: row ``r`` is sample ``index[r]`` of the chunk's anchor
+    ``anchor[r]``, whose position in the whole stream of anchors is ``anchor_id[r]``
+    (random draws are keyed by it, so they do not depend on batching or sharding)."""
+
+    anchor: Tensor
+    index: Tensor
+    anchor_id: Tensor
+
+
+class PointwiseDoI(DistributionOfInterest):
+    """A DoI around each anchor point (one explanation per anchor).
+
+    Subclasses set ``space``, ``samples`` (``S``) and ``groups`` (``G``) and write
+    :meth:`draw`; :meth:`reference` gives the point the distribution is relative to
+    (the baseline of a line), used by ``multiply_activation``.
+    """
+
+    space: Space = "input"
+    samples: int = 1
+    groups: int = 1
+
+    def reference(self, anchors: Tensor, anchor_id: Tensor) -> Tensor | None:
+        """The reference point of each anchor, ``(n, *shape)``, or ``None`` for zero."""
+        return None
+
+    @abstractmethod
+    def draw(self, anchors: Tensor, reference: Tensor | None, rows: Rows, seed: int) -> tuple[Tensor, Tensor]:
+        """Samples for ``rows``: points ``(B, *shape)`` and weights ``(B,)`` (each
+        group's weights sum to 1) in the dtype and on the device of ``anchors``."""
+
+
+def check_space(space: Any, owner: str) -> Space:
+    if space not in SPACES:
+        raise ValueError(f"{owner}: space must be 'input' or 'slice' (got {space!r})")
+    return space
+
+
+def check_positive_int(value: Any, name: str, owner: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name} must be an int (got {type(value).__name__} {value!r})")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum} (got {value})")
+    return value
+
+
+class PopulationDoI(DistributionOfInterest):
+    """A DoI uniform over a population of anchors, each expanded by ``each``."""
+
+    each: PointwiseDoI
+
+    @abstractmethod
+    def anchors(self, batch_size: int) -> Iterator[Tensor]:
+        """The population's points, in batches of at most ``batch_size``."""

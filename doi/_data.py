@@ -1,0 +1,74 @@
+"""Data in the forms users have it: a tensor ``x``, a pair ``(x, y)``, a
+``torch.utils.data.Dataset`` (items ``x`` or ``(x, y, ...)``) or a ``DataLoader``."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+ACCEPTED = "a tensor x, a pair of tensors (x, y), a torch Dataset or a DataLoader"
+
+
+def check_data(data: Any, owner: str) -> None:
+    """Raise a ``TypeError``/``ValueError`` naming ``data`` if it is not usable."""
+    if isinstance(data, Tensor):
+        if data.ndim < 1 or data.shape[0] == 0:
+            raise ValueError(f"{owner}: data is empty")
+        return
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
+            raise TypeError(f"{owner}: data must be {ACCEPTED} (got a {type(data).__name__} of {len(data)} items)")
+        x, y = data
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"{owner}: data is empty")
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"{owner}: data labels y must have shape ({x.shape[0]},) to match x (got {tuple(y.shape)})")
+        return
+    if isinstance(data, DataLoader):
+        return
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        if len(data) == 0:  # type: ignore[arg-type]
+            raise ValueError(f"{owner}: data is empty")
+        return
+    raise TypeError(f"{owner}: data must be {ACCEPTED} (got {type(data).__name__})")
+
+
+def labels_of(data: Any) -> Tensor | None:
+    """The label tensor when it is at hand without iterating (a pair ``(x, y)``)."""
+    return data[1] if isinstance(data, (tuple, list)) else None
+
+
+def _split_batch(batch: Any, owner: str) -> tuple[Tensor, Tensor | None]:
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        y = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+        return batch[0], y
+    raise TypeError(f"{owner}: data batches must be tensors or tuples (x, y, ...) (got {type(batch).__name__})")
+
+
+def batches(data: Any, batch_size: int, owner: str) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Yield ``(x, y)`` batches (``y`` is ``None`` when the data has no labels)."""
+    if isinstance(data, Tensor):
+        for i in range(0, data.shape[0], batch_size):
+            yield data[i : i + batch_size], None
+        return
+    if isinstance(data, (tuple, list)):
+        x, y = data
+        for i in range(0, x.shape[0], batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+        return
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
+    for batch in loader:
+        yield _split_batch(batch, owner)
+
+
+def as_label_tensor(y: Tensor | None, owner: str) -> Tensor:
+    if y is None:
+        raise ValueError(f"{owner}: the data has no labels; give (x, y) or a Dataset of (x, y) pairs")
+    if y.ndim != 1:
+        raise ValueError(f"{owner}: labels must be a 1-D tensor of class indices (got shape {tuple(y.shape)})")
+    return torch.as_tensor(y)

@@ -1,0 +1,23 @@
+"""The point DoI: the anchor itself (saliency; gradient × input with
+``multiply_activation``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._base import PointwiseDoI, Rows
+
+
+class PointDoI(PointwiseDoI):
+    """The Dirac distribution at each anchor: ``S = 1`` sample of weight 1."""
+
+    space = "input"
+    samples = 1
+    groups = 1
+
+    def draw(self, anchors: Tensor, reference: Tensor | None, rows: Rows, seed: int) -> tuple[Tensor, Tensor]:
+        return anchors[rows.anchor], torch.ones(rows.anchor.shape[0], dtype=anchors.dtype, device=anchors.device)
+
+    def __repr__(self) -> str:
+        return "PointDoI()"

@@ -1,0 +1,359 @@
+"""The one integrator behind every method.
+
+Internal influence of a quantity ``q`` at a slice ``f = g ∘ h`` under a distribution of
+interest ``D`` is
+
+    χ = E_{x ~ D} [ ∂(q∘g)/∂z |_{z = h(x)} ]        (Leino et al. 2018),
+
+estimated by weighted samples. Pointwise DoIs give one ``χ`` per anchor, population DoIs
+one for the whole population. With ``multiply_activation`` each anchor's ``χ`` is
+multiplied by ``δ = h(x) − h(b)`` (``b`` the DoI's reference point, zero if none): for a
+line DoI at the input this is integrated gradients, ``Σ δ·χ ≈ q(x) − q(b)``.
+
+The loop: anchors stream in chunks; each chunk is expanded into ``n·S`` sample rows,
+cut into batches of ``batch_size`` rows (a batch may mix anchors); for input-space DoIs
+one forward pass per batch with the gradient taken at the detached cut, for slice-space
+DoIs ``h`` runs once per anchor and only ``g`` per sample. Several QoIs share the forward
+pass. Sums accumulate on the device in float64 (:mod:`influence._moments`); results move
+to the CPU once at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from doi import DistributionOfInterest, PointwiseDoI, PopulationDoI, Rows
+from qoi import QoIContext, QuantityOfInterest, as_qoi
+from slices import Slice
+from slices._cut import find_module
+
+from ._frozen import frozen
+from ._moments import AnchorEstimates, ChunkAccumulator, PopulationMoments
+from .result import InfluenceResult
+
+_CHUNK_BYTES = 64 * 2**20  # per-anchor float64 buffers of one chunk
+
+
+def _rebatch(parts: Iterator[Tensor], size: int) -> Iterator[Tensor]:
+    """Regroup a stream of tensors into batches of exactly ``size`` rows (the last may
+    be shorter)."""
+    pending: list[Tensor] = []
+    count = 0
+    for part in parts:
+        while part.shape[0]:
+            take = min(size - count, part.shape[0])
+            pending.append(part[:take])
+            part, count = part[take:], count + take
+            if count == size:
+                yield torch.cat(pending) if len(pending) > 1 else pending[0]
+                pending, count = [], 0
+    if pending:
+        yield torch.cat(pending)
+
+
+@contextmanager
+def _recording(model: nn.Module | None, layers: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+    """Record the outputs of the named modules during forward passes."""
+    store: dict[str, Tensor] = {}
+    if not layers:
+        yield store
+        return
+    if model is None:
+        raise ValueError(f"qoi: reads layers {list(layers)} but the slice has no model to find them in; pass model= to Slice.from_functions")
+    handles = []
+    try:
+        for name in layers:
+            module = find_module(model, name, what="NeuronQoI")
+            handles.append(module.register_forward_hook(lambda m, a, out, name=name: store.__setitem__(name, out)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _model_dtype(model: nn.Module | None) -> torch.dtype | None:
+    if model is None:
+        return None
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def _model_device(model: nn.Module | None) -> torch.device | None:
+    if model is None:
+        return None
+    for t in [*model.parameters(), *model.buffers()]:
+        return t.device
+    return None
+
+
+class _Query:
+    """A validated query: the arguments of :func:`internal_influence`, normalised."""
+
+    def __init__(
+        self,
+        slice: Any,
+        qoi: Any,
+        doi: Any,
+        inputs: Any,
+        batch_size: Any,
+        device: Any,
+        dtype: Any,
+        multiply_activation: bool,
+        seed: Any,
+    ) -> None:
+        if isinstance(slice, nn.Module):
+            raise TypeError("slice: expected a slices.Slice (got an nn.Module); use Slice(model, layer) or input_influence(model, ...)")
+        if not isinstance(slice, Slice):
+            raise TypeError(f"slice: expected a slices.Slice (got {type(slice).__name__})")
+        self.many = isinstance(qoi, (list, tuple))
+        qois = list(qoi) if self.many else [qoi]
+        if not qois:
+            raise ValueError("qoi: the list of QoIs is empty")
+        self.qois: list[QuantityOfInterest] = [as_qoi(q) for q in qois]
+        if isinstance(doi, PopulationDoI):
+            if inputs is not None:
+                raise ValueError(f"inputs: {type(doi).__name__} brings its own data; pass inputs=None")
+            self.population: PopulationDoI | None = doi
+            self.each: PointwiseDoI = doi.each
+        elif isinstance(doi, PointwiseDoI):
+            if inputs is None:
+                raise ValueError(f"inputs: {type(doi).__name__} explains given points; pass inputs, a tensor (N, *input_shape)")
+            if not isinstance(inputs, Tensor):
+                raise TypeError(f"inputs: expected a tensor (N, *input_shape) (got {type(inputs).__name__})")
+            if inputs.ndim < 1 or inputs.shape[0] == 0:
+                raise ValueError(f"inputs: no points to explain (shape {tuple(inputs.shape)})")
+            if not inputs.is_floating_point():
+                raise TypeError(f"inputs: expected a floating-point tensor (got {inputs.dtype})")
+            self.population = None
+            self.each = doi
+        else:
+            raise TypeError(
+                "doi: expected a DistributionOfInterest (PointDoI, LineDoI, NoiseDoI, ClassDoI or DatasetDoI) "
+                f"(got {type(doi).__name__})"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(f"batch_size: expected an int (got {type(batch_size).__name__})")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1 (got {batch_size})")
+        if not isinstance(multiply_activation, bool):
+            raise TypeError(f"multiply_activation: expected a bool (got {type(multiply_activation).__name__})")
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        elif isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int or None (got {type(seed).__name__})")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype: expected a floating torch.dtype (got {dtype!r})")
+        try:
+            dev = torch.device(device) if device is not None else None
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device: not a device: {device!r}") from None
+        model = slice.model
+        self.device = dev or _model_device(model) or (inputs.device if isinstance(inputs, Tensor) else torch.device("cpu"))
+        self.dtype = dtype or _model_dtype(model) or (inputs.dtype if isinstance(inputs, Tensor) else torch.float32)
+        self.slice, self.doi, self.inputs = slice, doi, inputs
+        self.batch_size, self.multiply, self.seed = batch_size, multiply_activation, seed
+
+    def describe(self, qoi: QuantityOfInterest) -> dict[str, Any]:
+        return {
+            "slice": repr(self.slice),
+            "layer": str(self.slice.cut) if self.slice.cut is not None else None,
+            "doi": repr(self.doi),
+            "qoi": repr(qoi),
+            "multiply_activation": self.multiply,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+        }
+
+
+def internal_influence(
+    slice: Slice,
+    qoi: Any,
+    doi: DistributionOfInterest,
+    inputs: Tensor | None = None,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    multiply_activation: bool = False,
+    seed: int | None = None,
+) -> InfluenceResult | list[InfluenceResult]:
+    """Influence of ``qoi`` at the cut of ``slice`` under ``doi``.
+
+    Args:
+        slice: where to take the gradient (``Slice(model, layer)``).
+        qoi: a QuantityOfInterest (or an int class, or a callable ``output -> (B,)``),
+            or a list of them: one forward pass serves them all and a list of results
+            comes back, in order.
+        doi: a pointwise DoI (``PointDoI``, ``LineDoI``, ``NoiseDoI``), explaining each
+            of ``inputs``; or a population DoI (``ClassDoI``, ``DatasetDoI``) with
+            ``inputs=None``.
+        inputs: ``(N, *input_shape)`` points for a pointwise DoI.
+        batch_size: sample rows per forward/backward pass.
+        device, dtype: where and in what precision to compute (default: the model's);
+            a model elsewhere is copied there, the original is left alone.
+        multiply_activation: multiply each anchor's influence by ``h(x) − h(b)``
+            (the attribution form: integrated gradients, gradient × input, conductance).
+        seed: seeds the DoI's random draws (drawn from torch's RNG when ``None``;
+            recorded in ``result.query``). The same seed gives the same result.
+
+    Returns:
+        :class:`InfluenceResult` (a list of them for a list of QoIs): ``values`` of shape
+        ``(N, *unit)`` for a pointwise DoI, ``unit`` for a population DoI, where ``unit``
+        is the shape of ``h(x)`` for one point.
+    """
+    query = _Query(slice, qoi, doi, inputs, batch_size, device, dtype, multiply_activation, seed)
+    with frozen(slice.modules()), torch.enable_grad():
+        results = _run(query)
+    return results if query.many else results[0]
+
+
+def input_influence(model: nn.Module, qoi: Any, doi: DistributionOfInterest, inputs: Tensor | None = None, **options: Any) -> InfluenceResult | list[InfluenceResult]:
+    """Influence on the inputs: :func:`internal_influence` at ``Slice(model, None)``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module (got {type(model).__name__})")
+    return internal_influence(Slice(model, None), qoi, doi, inputs, **options)
+
+
+def _chunk_size(query: _Query) -> int:
+    """Anchors per chunk: enough that the chunk's ``n·S`` rows fill whole batches
+    (``n·S`` a multiple of ``batch_size`` where possible), within a memory budget."""
+    b, s = query.batch_size, query.each.samples
+    n = b // math.gcd(b, s)
+    shape = query.inputs.shape[1:] if query.inputs is not None else None
+    per_anchor = 8 * 4 * (math.prod(shape) if shape is not None else 1)
+    return max(1, min(n, 4096, _CHUNK_BYTES // per_anchor))
+
+
+def _no_grad_batched(fn: Any, x: Tensor, batch_size: int) -> Any:
+    """``fn(x)`` without autograd, ``batch_size`` rows at a time."""
+    with torch.no_grad():
+        parts = [fn(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    return parts[0] if len(parts) == 1 else _concat(parts)
+
+
+def _concat(parts: list[Any]) -> Any:
+    """Concatenate batch outputs that are tensors, or tuples/lists/dicts of them."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat([p[i] for p in parts]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _concat([p[k] for p in parts]) for k in first}
+    return first
+
+
+def _run(query: _Query) -> list[InfluenceResult]:
+    slc = query.slice.moved(query.device, query.dtype)
+    each, b = query.each, query.batch_size
+    space_is_slice = each.space == "slice" and not slc.is_input
+    needs_anchor_output = any(q.needs_anchor_output for q in query.qois)
+    layers = list(dict.fromkeys(name for q in query.qois for name in q.layers))
+    cut_layer = slc.cut.layer if slc.cut is not None and slc.cut.at == "output" else None
+
+    accumulators = [ChunkAccumulator(each.samples, each.groups) for _ in query.qois]
+    pooled = [PopulationMoments() for _ in query.qois] if query.population is not None else None
+    per_point: list[list[AnchorEstimates]] = [[] for _ in query.qois]
+
+    if query.population is not None:
+        parts: Iterator[Tensor] = query.population.anchors(_chunk_size(query))
+    else:
+        assert query.inputs is not None
+        parts = iter([query.inputs])
+    offset = 0
+    samples = 0
+    with _recording(slc.model, layers) as activations:
+        for x in _rebatch(parts, _chunk_size(query)):
+            x = x.to(device=query.device, dtype=query.dtype)
+            n = x.shape[0]
+            ids = torch.arange(offset, offset + n, device=query.device)
+            offset += n
+            with torch.no_grad():
+                anchors = _no_grad_batched(slc.h, x, b) if space_is_slice else x
+                reference = each.reference(anchors, ids)
+                delta = _delta(query, slc, x, anchors, reference, space_is_slice) if query.multiply else None
+                anchor_out = _no_grad_batched(lambda v: slc.g(slc.h(v), v), x, b) if needs_anchor_output else None
+            for acc in accumulators:
+                acc.start(n, delta)
+            total = n * each.samples
+            for start in range(0, total, b):
+                stop = min(start + b, total)
+                r = torch.arange(start, stop, device=query.device)
+                rows = Rows(anchor=r // each.samples, index=r % each.samples, anchor_id=ids[r // each.samples])
+                points, weights = each.draw(anchors, reference, rows, query.seed)
+                activations.clear()
+                if space_is_slice:
+                    z = points.detach().requires_grad_(True)
+                    out = slc.g(z, None if slc.is_split else x[rows.anchor])
+                else:
+                    z, out = slc.forward_cut(points)
+                if cut_layer is not None and cut_layer in layers:
+                    activations[cut_layer] = z
+                context = QoIContext(activations, None if anchor_out is None else _index_output(anchor_out, rows.anchor))
+                w = weights.view(-1, *([1] * (z.ndim - 1)))
+                for j, (q, acc) in enumerate(zip(query.qois, accumulators)):
+                    value = q(out, context)
+                    if not value.requires_grad:
+                        raise ValueError(
+                            f"qoi: {q!r} does not depend on the activations at the cut of {query.slice!r}; "
+                            "a NeuronQoI must name a layer after the cut"
+                        )
+                    (grad,) = torch.autograd.grad(value.sum(), z, retain_graph=j < len(accumulators) - 1)
+                    acc.add(grad * w, start, stop)
+            samples += total
+            for j, acc in enumerate(accumulators):
+                est = acc.finish()
+                if pooled is not None:
+                    pooled[j].add(est)
+                else:
+                    per_point[j].append(est)
+    results = []
+    for j, q in enumerate(query.qois):
+        if pooled is not None:
+            mean, stderr, channel_stderr = pooled[j].result()
+        else:
+            ests = per_point[j]
+            mean = torch.cat([e.mean for e in ests])
+            stderr = torch.cat([e.var for e in ests]).sqrt()
+            channel_stderr = None if ests[0].channel_var is None else torch.cat([e.channel_var for e in ests]).sqrt()  # type: ignore[misc]
+        results.append(
+            InfluenceResult(
+                values=mean.cpu(),
+                stderr=stderr.cpu(),
+                samples=samples,
+                anchors=offset,
+                pooled=pooled is not None,
+                query=query.describe(q),
+                channel_stderr=None if channel_stderr is None else channel_stderr.cpu(),
+            )
+        )
+    return results
+
+
+def _delta(query: _Query, slc: Slice, x: Tensor, anchors: Tensor, reference: Tensor | None, space_is_slice: bool) -> Tensor:
+    """``h(x) − h(b)`` per anchor (``h(x)`` when the DoI has no reference), float64."""
+    if space_is_slice:
+        delta = anchors if reference is None else anchors - reference
+    else:
+        hx = _no_grad_batched(slc.h, x, query.batch_size)
+        delta = hx if reference is None else hx - _no_grad_batched(slc.h, reference, query.batch_size)
+    return delta.double()
+
+
+def _index_output(output: Any, index: Tensor) -> Any:
+    if isinstance(output, Tensor):
+        return output[index]
+    if isinstance(output, (tuple, list)):
+        return type(output)(_index_output(o, index) for o in output)
+    if isinstance(output, dict):
+        return {k: _index_output(v, index) for k, v in output.items()}
+    return output

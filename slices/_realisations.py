@@ -1,0 +1,290 @@
+"""Three ways to realise ``f = g ∘ h`` at a cut; they compute the same functions.
+
+* :class:`SequentialSplit` — the model is an ``nn.Sequential`` (possibly nested) and the
+  cut is between two of its children: ``h`` and ``g`` are the two halves.
+* :class:`GraphSplit` — ``torch.fx`` traces the model (treating every module that does
+  not contain the cut as a leaf) and the cut node separates the graph: every path from
+  the input to the output goes through it. ``h`` and ``g`` are the two sub-graphs.
+* :class:`HookSplit` — the fallback for any ``nn.Module``: ``h`` runs the model until
+  the cut and stops; ``g(z; x)`` runs the model on ``x`` with the cut's value replaced
+  by ``z``. When the cut separates the graph the result does not depend on ``x``; when
+  it does not (a skip connection jumps over it) ``g`` is the model with the other
+  activations held at their values for ``x``, which is what hook-based libraries such as
+  Captum compute.
+* :class:`FunctionSplit` — ``h`` and ``g`` given by the user.
+
+Every realisation offers ``forward_cut(x) -> (z, output)``: one forward pass of ``f``
+in which ``z = h(x)`` is detached from ``h`` and made a leaf that requires grad, so that
+``autograd.grad(q(output), z)`` is ``∂(q∘g)/∂h`` at ``h(x)`` and no graph is kept for
+``h``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from ._cut import Cut
+
+
+def _as_leaf(t: Any, cut: Cut) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(
+            f"Slice: the {cut.at} of layer {cut.layer!r} is a {type(t).__name__}, not a tensor; "
+            "cut at a submodule whose output is one tensor, or use Cut(layer, at='input')"
+        )
+    return t.detach().requires_grad_(True)
+
+
+class SequentialSplit:
+    """``h`` and ``g`` are two halves of a (nested) ``nn.Sequential``."""
+
+    realisation = "sequential"
+    is_split = True
+
+    def __init__(self, h: nn.Module, g: nn.Module) -> None:
+        self._h, self._g = h, g
+
+    @classmethod
+    def build(cls, model: nn.Module, cut: Cut) -> "SequentialSplit | None":
+        halves = _split_sequential(model, cut.layer.split("."), cut.at)
+        return None if halves is None else cls(*halves)
+
+    def h(self, x: Tensor) -> Tensor:
+        return self._h(x)
+
+    def g(self, z: Tensor, x: Tensor | None = None) -> Any:
+        return self._g(z)
+
+    def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
+        with torch.no_grad():
+            z = self._h(x)
+        z = z.detach().requires_grad_(True)
+        return z, self._g(z)
+
+
+def _split_sequential(model: nn.Module, path: list[str], at: str) -> tuple[nn.Module, nn.Module] | None:
+    if type(model) is not nn.Sequential:
+        return None
+    names = list(model._modules)
+    if path[0] not in names:
+        return None
+    i = names.index(path[0])
+    children = list(model.children())
+    if len(path) == 1:
+        split = i + 1 if at == "output" else i
+        return nn.Sequential(*children[:split]), nn.Sequential(*children[split:])
+    inner = _split_sequential(children[i], path[1:], at)
+    if inner is None:
+        return None
+    return nn.Sequential(*children[:i], inner[0]), nn.Sequential(inner[1], *children[i + 1 :])
+
+
+class _CutTracer(fx.Tracer):
+    """Traces only through the modules that contain the cut; every other module is a
+    leaf, so the cut module appears as one node and hooks on other modules still fire."""
+
+    def __init__(self, layer: str) -> None:
+        super().__init__()
+        parts = layer.split(".")
+        self._trace_through = {".".join(parts[:k]) for k in range(len(parts))}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name not in self._trace_through
+
+
+class GraphSplit:
+    """``h`` and ``g`` are the two sides of a ``torch.fx`` graph cut."""
+
+    realisation = "graph"
+    is_split = True
+
+    def __init__(self, h: fx.GraphModule, g: fx.GraphModule) -> None:
+        self._h, self._g = h, g
+
+    @classmethod
+    def build(cls, model: nn.Module, cut: Cut) -> "GraphSplit | None":
+        """The split, or ``None`` when fx cannot trace the model or the cut does not
+        separate the graph."""
+        try:
+            graph = _CutTracer(cut.layer).trace(model)
+        except Exception:  # control flow, unsupported ops: the hook fallback handles it
+            return None
+        calls = [n for n in graph.nodes if n.op == "call_module" and n.target == cut.layer]
+        if len(calls) != 1:
+            return None
+        node = calls[0]
+        if cut.at == "input":
+            if not node.args or not isinstance(node.args[0], fx.Node):
+                return None
+            node = node.args[0]
+        parts = _partition(graph, node)
+        if parts is None:
+            return None
+        h_module, g_module = (fx.GraphModule(model, graph) for graph in parts)
+        g_module.graph.eliminate_dead_code()
+        g_module.recompile()
+        return cls(h_module, g_module)
+
+    def h(self, x: Tensor) -> Tensor:
+        return self._h(x)
+
+    def g(self, z: Tensor, x: Tensor | None = None) -> Any:
+        return self._g(z)
+
+    def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
+        with torch.no_grad():
+            z = self._h(x)
+        z = z.detach().requires_grad_(True)
+        return z, self._g(z)
+
+
+def _partition(graph: fx.Graph, cut: fx.Node) -> tuple[fx.Graph, fx.Graph] | None:
+    """Split ``graph`` at node ``cut`` if every input-dependent value used after the cut
+    is computed from the cut (a separating node); else ``None``."""
+    nodes = list(graph.nodes)
+    depends_on_input: set[fx.Node] = set()
+    for n in nodes:
+        if n.op == "placeholder" or any(a in depends_on_input for a in n.all_input_nodes):
+            depends_on_input.add(n)
+    ancestors: set[fx.Node] = set()
+    stack = [cut]
+    while stack:
+        for a in stack.pop().all_input_nodes:
+            if a not in ancestors:
+                ancestors.add(a)
+                stack.append(a)
+    downstream: set[fx.Node] = set()
+    for n in nodes[nodes.index(cut) + 1 :]:
+        if any(a is cut or a in downstream for a in n.all_input_nodes):
+            downstream.add(n)
+    output = nodes[-1]
+    if output.op != "output" or output not in downstream:
+        return None
+    for n in downstream:
+        for a in n.all_input_nodes:
+            if a is not cut and a not in downstream and a in depends_on_input:
+                return None  # a value from before the cut skips over it
+
+    h_graph, env = fx.Graph(), {}
+    for n in nodes:
+        if n.op == "placeholder" or n in ancestors or n is cut:
+            env[n] = h_graph.node_copy(n, lambda a: env[a])
+    h_graph.output(env[cut])
+
+    g_graph = fx.Graph()
+    env = {cut: g_graph.placeholder("z")}
+    for n in nodes:
+        if n in downstream or (n not in depends_on_input and n.op not in ("placeholder", "output")):
+            env[n] = g_graph.node_copy(n, lambda a: env[a])
+    return h_graph, g_graph
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once ``h(x)`` is known."""
+
+
+class HookSplit:
+    """Forward hooks on the cut module: capture its value, or substitute ``z`` for it."""
+
+    realisation = "hook"
+    is_split = False
+
+    def __init__(self, model: nn.Module, module: nn.Module, cut: Cut) -> None:
+        self._model, self._module, self._cut = model, module, cut
+
+    def _run(self, x: Tensor, swap: Callable[[Any], Any]) -> tuple[list[Any], Any]:
+        """Run the model on ``x``; at the cut, record the value and replace it by
+        ``swap(value)`` (which may raise :class:`_StopForward`)."""
+        seen: list[Any] = []
+
+        def replace(value: Any) -> Any:
+            seen.append(value)
+            if len(seen) > 1:
+                raise ValueError(
+                    f"Slice: layer {self._cut.layer!r} runs more than once in one forward pass; "
+                    "cut at a module that runs once"
+                )
+            return swap(value)
+
+        if self._cut.at == "output":
+            handle = self._module.register_forward_hook(lambda m, args, out: replace(out))
+        else:
+            handle = self._module.register_forward_pre_hook(
+                lambda m, args: (replace(args[0]), *args[1:]) if args else replace(None)
+            )
+        try:
+            try:
+                out = self._model(x)
+            except _StopForward:
+                out = None
+        finally:
+            handle.remove()
+        if not seen:
+            raise ValueError(f"Slice: layer {self._cut.layer!r} never ran in the model's forward pass")
+        return seen, out
+
+    def h(self, x: Tensor) -> Tensor:
+        def stop(value: Any) -> Any:
+            _as_leaf(value, self._cut)
+            raise _StopForward
+
+        seen, _ = self._run(x, stop)
+        return seen[0]
+
+    def g(self, z: Tensor, x: Tensor | None = None) -> Any:
+        if x is None:
+            raise ValueError(
+                f"Slice.g: this slice at {self._cut.layer!r} is realised with hooks (the model could "
+                "not be split into two graphs), so g needs the inputs x that z came from: g(z, x)"
+            )
+
+        def substitute(value: Any) -> Tensor:
+            value = _as_leaf(value, self._cut)
+            if value.shape != z.shape:
+                raise ValueError(
+                    f"Slice.g: z has shape {tuple(z.shape)} but layer {self._cut.layer!r} "
+                    f"produces {tuple(value.shape)} for these inputs"
+                )
+            return z
+
+        return self._run(x, substitute)[1]
+
+    def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
+        leaf: list[Tensor] = []
+
+        def detach(value: Any) -> Tensor:
+            leaf.append(_as_leaf(value, self._cut))
+            return leaf[0]
+
+        out = self._run(x, detach)[1]
+        return leaf[0], out
+
+
+class FunctionSplit:
+    """``h`` and ``g`` given as callables (the identity ``h`` for an input slice)."""
+
+    is_split = True
+
+    def __init__(self, h: Callable[[Tensor], Tensor] | None, g: Callable[[Tensor], Any], realisation: str) -> None:
+        self._h, self._g, self.realisation = h, g, realisation
+
+    def h(self, x: Tensor) -> Tensor:
+        return x if self._h is None else self._h(x)
+
+    def g(self, z: Tensor, x: Tensor | None = None) -> Any:
+        return self._g(z)
+
+    def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
+        if self._h is None:
+            z = x.detach()
+        else:
+            with torch.no_grad():
+                z = self._h(x)
+            if not isinstance(z, Tensor):
+                raise TypeError(f"Slice: h returned a {type(z).__name__}, expected a tensor")
+        z = z.detach().requires_grad_(True)
+        return z, self._g(z)

@@ -1,0 +1,146 @@
+"""A network ``f`` split at a cut into ``f = g ∘ h``.
+
+``h`` maps the model's inputs ``x`` to the activations ``z = h(x)`` at the cut (the
+slice's *units*); ``g`` maps those activations to the model's output. Internal influence
+is taken with respect to ``z``: ``∂(q∘g)/∂z`` at ``z = h(x)``. The input slice has
+``h = id`` and ``g = f``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ._cut import Cut, find_module
+from ._realisations import FunctionSplit, GraphSplit, HookSplit, SequentialSplit
+
+Realisation = Literal["auto", "sequential", "graph", "hook"]
+_REALISATIONS = ("auto", "sequential", "graph", "hook")
+
+
+class Slice:
+    """``model`` split at ``layer`` into ``g ∘ h``.
+
+    Args:
+        model: the network ``f``.
+        layer: a dotted name from ``model.named_modules()`` (the cut is at that module's
+            output), a :class:`Cut`, or ``None`` for the input slice (``h = id``).
+        realisation: how to build ``h`` and ``g``. ``"auto"`` takes the first that
+            applies of ``"sequential"`` (halves of an ``nn.Sequential``), ``"graph"``
+            (a ``torch.fx`` graph split at a node every input-to-output path goes
+            through) and ``"hook"`` (forward-hook substitution, any module). All agree.
+
+    Shapes: ``h(x)`` maps ``(B, *input)`` to ``(B, *unit)``; ``g(z)`` maps
+    ``(B, *unit)`` to the model's output. With the hook realisation ``g`` also needs the
+    inputs that ``z`` came from, ``g(z, x)``: the model must run up to the cut.
+    """
+
+    def __init__(self, model: nn.Module, layer: str | Cut | None, *, realisation: Realisation = "auto") -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Slice: model must be a torch.nn.Module (got {type(model).__name__})")
+        if realisation not in _REALISATIONS:
+            raise ValueError(f"Slice: realisation must be one of {_REALISATIONS} (got {realisation!r})")
+        self.model = model
+        if layer is None:
+            self.cut: Cut | None = None
+            self._impl: Any = FunctionSplit(None, model, "identity")
+            return
+        cut = layer if isinstance(layer, Cut) else Cut(layer)
+        if not isinstance(cut.layer, str):
+            raise TypeError(f"Slice: layer must be a module name, a Cut or None (got {layer!r})")
+        module = find_module(model, cut.layer, what="Slice")
+        self.cut = cut
+        impl: Any = None
+        if realisation in ("auto", "sequential"):
+            impl = SequentialSplit.build(model, cut)
+        if impl is None and realisation in ("auto", "graph"):
+            impl = GraphSplit.build(model, cut)
+        if impl is None and realisation in ("auto", "hook"):
+            impl = HookSplit(model, module, cut)
+        if impl is None:
+            raise ValueError(
+                f"Slice: realisation={realisation!r} does not apply to {type(model).__name__} at "
+                f"{cut.layer!r}; use realisation='auto' (falls back to hooks)"
+            )
+        self._impl = impl
+
+    @classmethod
+    def input(cls, model: nn.Module) -> "Slice":
+        """The input slice: ``h`` is the identity, ``g`` is the model."""
+        return cls(model, None)
+
+    @classmethod
+    def from_functions(
+        cls, h: Callable[[Tensor], Tensor], g: Callable[[Tensor], Any], *, model: nn.Module | None = None
+    ) -> "Slice":
+        """A slice given by its two halves. ``model`` (optional) is the module in which
+        layer names of :class:`~qoi.NeuronQoI` are looked up, and whose parameters are
+        frozen during a query; when ``h`` or ``g`` are modules they are frozen too."""
+        if not callable(h) or not callable(g):
+            raise TypeError("Slice.from_functions: h and g must be callables")
+        self = cls.__new__(cls)
+        self.model = model
+        self.cut = None
+        self._impl = FunctionSplit(h, g, "functions")
+        return self
+
+    @property
+    def layer(self) -> str | None:
+        """The cut's layer name (``None`` for the input slice and user functions)."""
+        return None if self.cut is None else self.cut.layer
+
+    @property
+    def realisation(self) -> str:
+        """``"identity"``, ``"sequential"``, ``"graph"``, ``"hook"`` or ``"functions"``."""
+        return self._impl.realisation
+
+    @property
+    def is_split(self) -> bool:
+        """True when ``g(z)`` is a function of ``z`` alone (no inputs needed)."""
+        return self._impl.is_split
+
+    @property
+    def is_input(self) -> bool:
+        return self._impl.realisation == "identity"
+
+    def h(self, x: Tensor) -> Tensor:
+        """Activations at the cut: ``(B, *input) -> (B, *unit)``."""
+        return self._impl.h(x)
+
+    def g(self, z: Tensor, x: Tensor | None = None) -> Any:
+        """The model's output from activations at the cut: ``(B, *unit) -> output``.
+        ``x`` (the inputs ``z`` came from) is needed only when ``is_split`` is False."""
+        return self._impl.g(z, x)
+
+    def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
+        """One forward pass of ``f`` on ``x`` returning ``(z, output)`` where ``z = h(x)``
+        is a fresh leaf tensor that requires grad, so gradients of the output stop at
+        the cut and no graph is kept for ``h``."""
+        return self._impl.forward_cut(x)
+
+    def modules(self) -> list[nn.Module]:
+        """The modules whose parameters a query freezes (and restores)."""
+        found = [self.model] if self.model is not None else []
+        if isinstance(self._impl, FunctionSplit):
+            found += [f for f in (self._impl._h, self._impl._g) if isinstance(f, nn.Module)]
+        return found
+
+    def moved(self, device: torch.device, dtype: torch.dtype) -> "Slice":
+        """This slice on ``device``/``dtype``: itself when the model is already there,
+        else the same slice over a converted copy (the user's model is not touched)."""
+        if self.model is None or isinstance(self._impl, FunctionSplit) and not self.is_input:
+            return self
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        floating = [t for t in tensors if t.is_floating_point()]
+        if all(t.device == device for t in tensors) and all(t.dtype == dtype for t in floating):
+            return self
+        model = copy.deepcopy(self.model).to(device=device, dtype=dtype)
+        return Slice(model, self.cut, realisation=self.realisation if self.cut is not None else "auto")
+
+    def __repr__(self) -> str:
+        where = "input" if self.is_input else (str(self.cut) if self.cut else "functions")
+        model = type(self.model).__name__ if self.model is not None else None
+        return f"Slice({model}, {where!r}, realisation={self.realisation!r})"

@@ -38,6 +38,12 @@ class Rows:
     anchor: Tensor
     index: Tensor
     anchor_id: Tensor
+    span: tuple[int, int] | None = None  # set when row r is anchor span[0] + r, one sample each
+
+    def take(self, per_anchor: Tensor) -> Tensor:
+        """``per_anchor[anchor]``: each row's entry of a per-anchor tensor (a view when
+        the rows are consecutive anchors)."""
+        return per_anchor[self.span[0] : self.span[1]] if self.span is not None else per_anchor[self.anchor]
 
 
 class PointwiseDoI(DistributionOfInterest):

@@ -21,8 +21,8 @@ Baseline = Union[float, Tensor, Callable[[Tensor], Tensor]]
 
 def resolve_baseline(baseline: Baseline, anchors: Tensor, anchor_id: Tensor, owner: str, space: str) -> Tensor:
     """The baseline of each anchor, ``(n, *shape)``, from a scalar, a tensor broadcastable
-    to one point, a tensor with one row per anchor (indexed by ``anchor_id``), or a
-    callable of the anchors."""
+    to the anchors (e.g. one point ``shape`` or ``(1, *shape)``), a tensor with one row per
+    anchor ``(N, *shape)`` (indexed by ``anchor_id``), or a callable of the anchors."""
     shape = tuple(anchors.shape[1:])
     where = "inputs" if space == "input" else "activations at the cut"
     if isinstance(baseline, Real):
@@ -32,7 +32,7 @@ def resolve_baseline(baseline: Baseline, anchors: Tensor, anchor_id: Tensor, own
         raise TypeError(f"{owner}: baseline must be a number, a tensor or a callable returning a tensor (got {type(value).__name__})")
     value = value.to(device=anchors.device, dtype=anchors.dtype)
     expected = f"a scalar, a tensor broadcastable to {shape}, or one row per point: (N, {', '.join(map(str, shape))})"
-    if value.ndim == anchors.ndim and not callable(baseline):
+    if value.ndim == anchors.ndim and value.shape[0] != 1 and not callable(baseline):
         if tuple(value.shape[1:]) != shape:
             raise ValueError(f"{owner}: baseline of shape {tuple(value.shape)} does not fit {where} of shape {shape}; expected {expected}")
         if int(anchor_id.max()) >= value.shape[0]:
@@ -92,7 +92,7 @@ class LineDoI(PointwiseDoI):
     def draw(self, anchors: Tensor, reference: Tensor | None, rows: Rows, seed: int) -> tuple[Tensor, Tensor]:
         assert reference is not None
         alpha, weight = self.nodes(anchors.device, anchors.dtype)
-        x, b = anchors[rows.anchor], reference[rows.anchor]
+        x, b = rows.take(anchors), rows.take(reference)
         a = alpha[rows.index].view(-1, *([1] * (anchors.ndim - 1)))
         return torch.lerp(b, x, a), weight[rows.index]
 

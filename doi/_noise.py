@@ -11,6 +11,7 @@ smaller than with random draws at the same ``S``.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Literal
 
@@ -55,8 +56,8 @@ class NoiseDoI(PointwiseDoI):
     ) -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
             raise TypeError(f"NoiseDoI: sigma must be a number (got {type(sigma).__name__})")
-        if not sigma > 0:
-            raise ValueError(f"NoiseDoI: sigma must be > 0 (got {sigma})")
+        if not (sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"NoiseDoI: sigma must be a finite number > 0 (got {sigma})")
         self.sigma = float(sigma)
         self.samples = check_positive_int(samples, "samples", "NoiseDoI")
         if sampler not in ("sobol", "random"):
@@ -94,7 +95,7 @@ class NoiseDoI(PointwiseDoI):
             shift = uniform(stream_keys(seed, rows.anchor_id, rows.index // per_group), dims)
             u = torch.clamp(torch.frac(base + shift), 2.0**-54, 1.0 - 2.0**-53)
         noise = normal_from_uniform(u).to(anchors.dtype).view(-1, *anchors.shape[1:])
-        points = anchors[rows.anchor] + self.sigma * noise
+        points = rows.take(anchors) + self.sigma * noise
         weight = self.groups / self.samples  # each group's weights sum to 1
         return points, torch.full((rows.anchor.shape[0],), weight, dtype=anchors.dtype, device=anchors.device)
 

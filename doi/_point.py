@@ -17,7 +17,7 @@ class PointDoI(PointwiseDoI):
     groups = 1
 
     def draw(self, anchors: Tensor, reference: Tensor | None, rows: Rows, seed: int) -> tuple[Tensor, Tensor]:
-        return anchors[rows.anchor], torch.ones(rows.anchor.shape[0], dtype=anchors.dtype, device=anchors.device)
+        return rows.take(anchors), torch.ones(rows.anchor.shape[0], dtype=anchors.dtype, device=anchors.device)
 
     def __repr__(self) -> str:
         return "PointDoI()"

@@ -33,7 +33,7 @@ from slices import Slice
 from slices._cut import find_module
 
 from ._frozen import frozen
-from ._moments import AnchorEstimates, ChunkAccumulator, PopulationMoments
+from ._moments import ChunkAccumulator, PerPointResults, PopulationMoments
 from .result import InfluenceResult
 
 _CHUNK_BYTES = 64 * 2**20  # per-anchor float64 buffers of one chunk
@@ -154,6 +154,11 @@ class _Query:
             dev = torch.device(device) if device is not None else None
         except (RuntimeError, TypeError):
             raise ValueError(f"device: not a device: {device!r}") from None
+        if dev is not None:
+            try:
+                torch.empty(0, device=dev)
+            except (RuntimeError, AssertionError) as e:  # e.g. "Torch not compiled with CUDA enabled"
+                raise ValueError(f"device: {device!r} is not available here ({e})") from None
         model = slice.model
         self.device = dev or _model_device(model) or (inputs.device if isinstance(inputs, Tensor) else torch.device("cpu"))
         self.dtype = dtype or _model_dtype(model) or (inputs.dtype if isinstance(inputs, Tensor) else torch.float32)
@@ -261,8 +266,12 @@ def _run(query: _Query) -> list[InfluenceResult]:
     cut_layer = slc.cut.layer if slc.cut is not None and slc.cut.at == "output" else None
 
     accumulators = [ChunkAccumulator(each.samples, each.groups) for _ in query.qois]
-    pooled = [PopulationMoments() for _ in query.qois] if query.population is not None else None
-    per_point: list[list[AnchorEstimates]] = [[] for _ in query.qois]
+    sinks: list[PopulationMoments | PerPointResults]
+    if query.population is not None:
+        sinks = [PopulationMoments() for _ in query.qois]
+    else:
+        assert query.inputs is not None
+        sinks = [PerPointResults(query.inputs.shape[0]) for _ in query.qois]
 
     if query.population is not None:
         parts: Iterator[Tensor] = query.population.anchors(_chunk_size(query))
@@ -288,12 +297,13 @@ def _run(query: _Query) -> list[InfluenceResult]:
             for start in range(0, total, b):
                 stop = min(start + b, total)
                 r = torch.arange(start, stop, device=query.device)
-                rows = Rows(anchor=r // each.samples, index=r % each.samples, anchor_id=ids[r // each.samples])
+                span = (start, stop) if each.samples == 1 else None
+                rows = Rows(anchor=r // each.samples, index=r % each.samples, anchor_id=ids[r // each.samples], span=span)
                 points, weights = each.draw(anchors, reference, rows, query.seed)
                 activations.clear()
                 if space_is_slice:
                     z = points.detach().requires_grad_(True)
-                    out = slc.g(z, None if slc.is_split else x[rows.anchor])
+                    out = slc.g(z, None if slc.is_split else rows.take(x))
                 else:
                     z, out = slc.forward_cut(points)
                 if cut_layer is not None and cut_layer in layers:
@@ -310,28 +320,18 @@ def _run(query: _Query) -> list[InfluenceResult]:
                     (grad,) = torch.autograd.grad(value.sum(), z, retain_graph=j < len(accumulators) - 1)
                     acc.add(grad * w, start, stop)
             samples += total
-            for j, acc in enumerate(accumulators):
-                est = acc.finish()
-                if pooled is not None:
-                    pooled[j].add(est)
-                else:
-                    per_point[j].append(est)
+            for acc, sink in zip(accumulators, sinks):
+                sink.add(offset - n, acc.finish())
     results = []
-    for j, q in enumerate(query.qois):
-        if pooled is not None:
-            mean, stderr, channel_stderr = pooled[j].result()
-        else:
-            ests = per_point[j]
-            mean = torch.cat([e.mean for e in ests])
-            stderr = torch.cat([e.var for e in ests]).sqrt()
-            channel_stderr = None if ests[0].channel_var is None else torch.cat([e.channel_var for e in ests]).sqrt()  # type: ignore[misc]
+    for q, sink in zip(query.qois, sinks):
+        mean, stderr, channel_stderr = sink.result()
         results.append(
             InfluenceResult(
                 values=mean.cpu(),
                 stderr=stderr.cpu(),
                 samples=samples,
                 anchors=offset,
-                pooled=pooled is not None,
+                pooled=query.population is not None,
                 query=query.describe(q),
                 channel_stderr=None if channel_stderr is None else channel_stderr.cpu(),
             )

@@ -1,20 +1,21 @@
 """Streaming reductions from weighted gradient rows to estimates and standard errors.
 
 Rows arrive in order (anchor-major, then sample index) in batches that may split a
-group or an anchor. Three levels, all in bounded memory:
+group or an anchor. Three levels, all in memory bounded by the batch and the chunk:
 
 1. rows -> group estimates ``e_g = Σ_{k∈g} w_k ∇_k`` (a partial group at the end of a
    batch is carried into the next);
-2. groups -> per-anchor float64 sums ``Σ_g e_g`` and ``Σ_g e_g²`` (times the anchor's
-   ``δ = h(x) − h(b)`` first, for ``multiply_activation``), giving the anchor's estimate
-   ``m = Σ e_g / G`` and the variance of that mean
-   ``(Σ e_g² − G m²) / (G (G − 1))``;
-3. anchors -> either the per-anchor results (pointwise DoIs) or float64 population sums
-   ``Σ_i m_i`` and ``Σ_i m_i²`` (population DoIs), whose mean has variance
+2. groups -> per-anchor float64 sums ``Σ_g e_g`` and ``Σ_g e_g²`` (each ``e_g`` times the
+   anchor's ``δ = h(x) − h(b)`` first, for ``multiply_activation``), giving the anchor's
+   estimate ``m = Σ e_g / G`` and the variance of that mean
+   ``(Σ e_g² − G m²) / (G (G − 1))``. With one group (a quadrature rule, a point) there
+   is no variance and rows add straight into the anchor's sum;
+3. anchors -> the per-anchor results (pointwise DoIs), or float64 population sums
+   ``Σ_i m_i`` and ``Σ_i m_i²`` (population DoIs) whose mean has variance
    ``(Σ m² − N μ²) / (N (N − 1))``.
 
-Every level is also kept for channel sums (``unit = (C, *spatial)`` summed over
-``spatial``), whose standard errors cannot be derived from the units'.
+Variances are also kept for channel sums (``unit = (C, *spatial)`` summed over
+``spatial``): their standard errors cannot be derived from the units'.
 """
 
 from __future__ import annotations
@@ -25,44 +26,75 @@ import torch
 from torch import Tensor
 
 
-def _channel_sums(t: Tensor) -> Tensor | None:
+def channel_sums(t: Tensor) -> Tensor | None:
     """``(n, C, *spatial) -> (n, C)``; ``None`` when units have no spatial dims."""
     return t.flatten(2).sum(-1) if t.ndim > 2 else None
 
 
 @dataclass
 class AnchorEstimates:
-    """Per-anchor estimates of one chunk: ``mean``/``var`` ``(n, *unit)`` float64 and
-    the same for channel sums (``None`` for 1-D units)."""
+    """Per-anchor estimates of one chunk: ``mean`` ``(n, *unit)`` float64, and the
+    variances of the means of the units and of the channel sums (``None`` when the DoI
+    has one group, i.e. no sampling error)."""
 
     mean: Tensor
-    var: Tensor
-    channel_mean: Tensor | None
+    var: Tensor | None
     channel_var: Tensor | None
 
 
 class ChunkAccumulator:
-    """Levels 1 and 2 for one chunk of ``n`` anchors with ``S = G·m`` samples each."""
+    """Levels 1 and 2 for chunks of at most ``capacity`` anchors with ``S = G·m``
+    samples each. Buffers are allocated at the first rows and reused across chunks."""
 
     def __init__(self, samples: int, groups: int) -> None:
         self.samples, self.groups = samples, groups
         self.per_group = samples // groups
+        self.buffers: list[Tensor] = []  # Σe, then Σe² and Σe_c² when G > 1
 
     def start(self, n: int, delta: Tensor | None) -> None:
         self.n, self.delta = n, delta
         self.carry: Tensor | None = None
-        self.sums: list[Tensor] | None = None  # [Σe, Σe², Σe_c, Σe_c²]
+        self.fresh = True
 
-    def _buffers(self, like: Tensor, channels: Tensor | None) -> list[Tensor]:
-        if self.sums is None:
-            shapes = [like.shape[1:], like.shape[1:]]
-            if channels is not None:
-                shapes += [channels.shape[1:], channels.shape[1:]]
-            self.sums = [torch.zeros((self.n, *s), dtype=torch.float64, device=like.device) for s in shapes]
-        return self.sums
+    def _sums(self, like: Tensor) -> list[Tensor]:
+        """The chunk's float64 sums, zeroed on the first use in a chunk."""
+        if not self.buffers or self.buffers[0].shape[0] < self.n or self.buffers[0].shape[1:] != like.shape[1:]:
+            shapes = [like.shape[1:]]
+            if self.groups > 1:
+                shapes.append(like.shape[1:])
+                if like.ndim > 2:
+                    shapes.append(like.shape[1:2])
+            self.buffers = [torch.empty((self.n, *s), dtype=torch.float64, device=like.device) for s in shapes]
+        sums = [b[: self.n] for b in self.buffers]
+        if self.fresh:
+            for b in sums:
+                b.zero_()
+            self.fresh = False
+        return sums
 
     def add(self, rows: Tensor, start: int, stop: int) -> None:
         """Add weighted gradient rows ``start..stop`` (chunk-local row numbers)."""
+        if self.groups == 1:
+            self._add_single_group(rows, start, stop)
+        else:
+            self._add_groups(rows, start, stop)
+
+    def _add_single_group(self, rows: Tensor, start: int, stop: int) -> None:
+        """One group per anchor: rows add into their anchor's sum; ``δ`` is applied at
+        the end (the sum is linear)."""
+        (total,) = self._sums(rows)
+        s = self.samples
+        first, last = start // s, (stop - 1) // s
+        if s == 1:
+            total[first : last + 1].add_(rows)
+        elif start % s == 0 and stop % s == 0:
+            total[first : last + 1].add_(rows.view(-1, s, *rows.shape[1:]).sum(1))
+        else:
+            local = torch.arange(start, stop, device=rows.device) // s - first
+            part = torch.zeros((last - first + 1, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+            total[first : last + 1].add_(part.index_add_(0, local, rows))
+
+    def _add_groups(self, rows: Tensor, start: int, stop: int) -> None:
         m = self.per_group
         first, last = start // m, (stop - 1) // m
         if m == 1:
@@ -85,51 +117,90 @@ class ChunkAccumulator:
         anchor = torch.arange(first, last + 1, device=rows.device) // self.groups
         if self.delta is not None:
             groups = groups * self.delta[anchor]
-        channels = _channel_sums(groups)
-        sums = self._buffers(groups, channels)
+        sums = self._sums(groups)
         sums[0].index_add_(0, anchor, groups)
-        if self.groups > 1:
-            sums[1].index_add_(0, anchor, groups * groups)
+        sums[1].index_add_(0, anchor, groups * groups)
+        channels = channel_sums(groups)
         if channels is not None:
-            sums[2].index_add_(0, anchor, channels)
-            if self.groups > 1:
-                sums[3].index_add_(0, anchor, channels * channels)
+            sums[2].index_add_(0, anchor, channels * channels)
 
     def finish(self) -> AnchorEstimates:
-        assert self.sums is not None and self.carry is None, "a chunk ended with rows missing"
+        if self.carry is not None or self.fresh:
+            raise RuntimeError("influence: a chunk ended with rows missing (internal error)")
+        sums = [b[: self.n] for b in self.buffers]
         g = self.groups
-        out: list[Tensor | None] = []
-        for total, squares in zip(self.sums[0::2], self.sums[1::2]):
-            mean = total / g
-            var = (squares - g * mean * mean).clamp_min(0) / (g * (g - 1)) if g > 1 else torch.zeros_like(mean)
-            out += [mean, var]
-        if len(out) == 2:
-            out += [None, None]
-        return AnchorEstimates(*out)  # type: ignore[arg-type]
+        mean = sums[0].div_(g)
+        if g == 1:
+            if self.delta is not None:
+                mean.mul_(self.delta)
+            return AnchorEstimates(mean, None, None)
+        var = (sums[1] - g * mean * mean).clamp_min_(0).div_(g * (g - 1))
+        channel_var = None
+        if len(sums) > 2:
+            channel_mean = channel_sums(mean)
+            assert channel_mean is not None
+            channel_var = (sums[2] - g * channel_mean * channel_mean).clamp_min_(0).div_(g * (g - 1))
+        return AnchorEstimates(mean, var, channel_var)
+
+
+class PerPointResults:
+    """Level 3 for pointwise DoIs: the estimates of all ``N`` anchors."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.mean: Tensor | None = None
+        self.var: Tensor | None = None
+        self.channel_var: Tensor | None = None
+
+    def add(self, offset: int, est: AnchorEstimates) -> None:
+        n = est.mean.shape[0]
+        if self.mean is None:
+            self.mean = est.mean.new_empty((self.count, *est.mean.shape[1:]))
+            if est.var is not None:
+                self.var = est.var.new_empty((self.count, *est.var.shape[1:]))
+            if est.channel_var is not None:
+                self.channel_var = est.channel_var.new_empty((self.count, *est.channel_var.shape[1:]))
+        self.mean[offset : offset + n] = est.mean
+        if self.var is not None and est.var is not None:
+            self.var[offset : offset + n] = est.var
+        if self.channel_var is not None and est.channel_var is not None:
+            self.channel_var[offset : offset + n] = est.channel_var
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(mean, stderr, channel stderr)``; zero standard errors without groups."""
+        assert self.mean is not None
+        stderr = self.var.sqrt() if self.var is not None else torch.zeros_like(self.mean)
+        if self.channel_var is not None:
+            channel = self.channel_var.sqrt()
+        else:
+            sums = channel_sums(self.mean)
+            channel = None if sums is None else torch.zeros_like(sums)
+        return self.mean, stderr, channel
 
 
 class PopulationMoments:
-    """Level 3 for population DoIs: float64 ``Σ m_i`` and ``Σ m_i²`` over anchors."""
+    """Level 3 for population DoIs: float64 ``Σ m_i`` and ``Σ m_i²`` over anchors (and
+    over their channel sums)."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.sums: list[Tensor] | None = None
+        self.sums: list[Tensor] = []
         self.single: AnchorEstimates | None = None
 
-    def add(self, est: AnchorEstimates) -> None:
-        parts = [est.mean, est.channel_mean] if est.channel_mean is not None else [est.mean]
-        if self.sums is None:
+    def add(self, offset: int, est: AnchorEstimates) -> None:
+        channels = channel_sums(est.mean)
+        parts = [est.mean] if channels is None else [est.mean, channels]
+        if not self.sums:
             self.sums = [torch.zeros(p.shape[1:], dtype=torch.float64, device=p.device) for p in parts for _ in (0, 1)]
         for i, p in enumerate(parts):
             self.sums[2 * i] += p.sum(0)
             self.sums[2 * i + 1] += (p * p).sum(0)
         self.count += est.mean.shape[0]
-        self.single = est if self.count == 1 else None
+        self.single = AnchorEstimates(est.mean.clone(), est.var, est.channel_var) if self.count == 1 else None
 
     def result(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(mean, stderr, channel stderr)``. With one anchor, the standard error is
         that anchor's own Monte Carlo error."""
-        assert self.sums is not None
         n = self.count
         out: list[Tensor] = []
         for i in range(0, len(self.sums), 2):
@@ -138,6 +209,8 @@ class PopulationMoments:
                 var = (self.sums[i + 1] - n * mean * mean).clamp_min(0) / (n * (n - 1))
             else:
                 assert self.single is not None
-                var = (self.single.var if i == 0 else self.single.channel_var)[0]  # type: ignore[index]
-            out += [mean, var.sqrt()]
+                own = self.single.var if i == 0 else self.single.channel_var
+                var = own[0] if own is not None else torch.zeros_like(mean)
+            out.append(mean)
+            out.append(var.sqrt())
         return out[0], out[1], (out[3] if len(out) > 2 else None)

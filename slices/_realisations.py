@@ -30,13 +30,17 @@ from torch import Tensor, nn
 from ._cut import Cut
 
 
-def _as_leaf(t: Any, cut: Cut) -> Tensor:
+def _check_tensor(t: Any, cut: Cut) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(
             f"Slice: the {cut.at} of layer {cut.layer!r} is a {type(t).__name__}, not a tensor; "
             "cut at a submodule whose output is one tensor, or use Cut(layer, at='input')"
         )
-    return t.detach().requires_grad_(True)
+    return t
+
+
+def _as_leaf(t: Any, cut: Cut) -> Tensor:
+    return _check_tensor(t, cut).detach().requires_grad_(True)
 
 
 class SequentialSplit:
@@ -45,16 +49,16 @@ class SequentialSplit:
     realisation = "sequential"
     is_split = True
 
-    def __init__(self, h: nn.Module, g: nn.Module) -> None:
-        self._h, self._g = h, g
+    def __init__(self, h: nn.Module, g: nn.Module, cut: Cut) -> None:
+        self._h, self._g, self._cut = h, g, cut
 
     @classmethod
     def build(cls, model: nn.Module, cut: Cut) -> "SequentialSplit | None":
         halves = _split_sequential(model, cut.layer.split("."), cut.at)
-        return None if halves is None else cls(*halves)
+        return None if halves is None else cls(*halves, cut)
 
     def h(self, x: Tensor) -> Tensor:
-        return self._h(x)
+        return _check_tensor(self._h(x), self._cut)
 
     def g(self, z: Tensor, x: Tensor | None = None) -> Any:
         return self._g(z)
@@ -62,7 +66,7 @@ class SequentialSplit:
     def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
         with torch.no_grad():
             z = self._h(x)
-        z = z.detach().requires_grad_(True)
+        z = _as_leaf(z, self._cut)
         return z, self._g(z)
 
 
@@ -102,8 +106,8 @@ class GraphSplit:
     realisation = "graph"
     is_split = True
 
-    def __init__(self, h: fx.GraphModule, g: fx.GraphModule) -> None:
-        self._h, self._g = h, g
+    def __init__(self, h: fx.GraphModule, g: fx.GraphModule, cut: Cut) -> None:
+        self._h, self._g, self._cut = h, g, cut
 
     @classmethod
     def build(cls, model: nn.Module, cut: Cut) -> "GraphSplit | None":
@@ -127,10 +131,10 @@ class GraphSplit:
         h_module, g_module = (fx.GraphModule(model, graph) for graph in parts)
         g_module.graph.eliminate_dead_code()
         g_module.recompile()
-        return cls(h_module, g_module)
+        return cls(h_module, g_module, cut)
 
     def h(self, x: Tensor) -> Tensor:
-        return self._h(x)
+        return _check_tensor(self._h(x), self._cut)
 
     def g(self, z: Tensor, x: Tensor | None = None) -> Any:
         return self._g(z)
@@ -138,7 +142,7 @@ class GraphSplit:
     def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
         with torch.no_grad():
             z = self._h(x)
-        z = z.detach().requires_grad_(True)
+        z = _as_leaf(z, self._cut)
         return z, self._g(z)
 
 

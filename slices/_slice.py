@@ -131,7 +131,19 @@ class Slice:
     def moved(self, device: torch.device, dtype: torch.dtype) -> "Slice":
         """This slice on ``device``/``dtype``: itself when the model is already there,
         else the same slice over a converted copy (the user's model is not touched)."""
-        if self.model is None or isinstance(self._impl, FunctionSplit) and not self.is_input:
+        if isinstance(self._impl, FunctionSplit) and not self.is_input:
+            # user functions cannot be converted; refuse clearly rather than fail deep in torch
+            params = [p for m in self.modules() for p in m.parameters()]
+            tensors = params + [b for m in self.modules() for b in m.buffers()]
+            if any(t.device != device for t in tensors) or any(p.dtype != dtype for p in params if p.is_floating_point()):
+                found = {(str(t.device), str(t.dtype).replace("torch.", "")) for t in params or tensors}
+                raise ValueError(
+                    f"device/dtype: a slice made with Slice.from_functions cannot be converted to "
+                    f"device={device}, dtype={str(dtype).replace('torch.', '')} (its modules are on {sorted(found)}); "
+                    "move h and g there yourself, or leave device and dtype unset"
+                )
+            return self
+        if self.model is None:
             return self
         tensors = [*self.model.parameters(), *self.model.buffers()]
         floating = [t for t in tensors if t.is_floating_point()]

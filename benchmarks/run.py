@@ -1,0 +1,339 @@
+"""Speed of every method against a bare forward/backward loop doing the same work, and
+against Captum, in one process and one run.
+
+    python benchmarks/run.py [--quick] [--device cuda] [--threads 2] [--reps 9]
+
+Bare loops (what an expert would write by hand for the same samples):
+  L0  one forward/backward per batch of points
+  L1  forward + backward to the input over all samples
+  L2  h once per anchor (no grad), then forward/backward of g over the samples
+  L3  per batch: h without grad, then forward/backward of g from the cut
+  LK  one forward, K backward passes (retain_graph) for K quantities
+
+Each repetition runs ours, the bare loop and Captum back to back (interleaved), after a
+warm-up; the table gives medians and the ratios of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models import mlp, resnet  # noqa: E402
+
+from doi import ClassDoI, LineDoI, NoiseDoI, PointDoI, nodes_and_weights  # noqa: E402
+from influence import input_influence, internal_influence  # noqa: E402
+from qoi import ClassQoI  # noqa: E402
+from slices import Slice  # noqa: E402
+
+
+@dataclass
+class Case:
+    name: str
+    loop: str
+    ours: Callable[[], Any]
+    bare: Callable[[], Any]
+    captum: Callable[[], Any] | None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+# --- bare loops -------------------------------------------------------------------------
+
+
+def bare_line_input(model: nn.Module, x: Tensor, target: int, steps: int, batch: int) -> Tensor:
+    """L1: integrated gradients by hand (Gauss–Legendre nodes, zero baseline)."""
+    alpha_np, weight_np = nodes_and_weights("gauss-legendre", steps)
+    alpha = torch.tensor(alpha_np, dtype=x.dtype, device=x.device)
+    weight = torch.tensor(weight_np, dtype=x.dtype, device=x.device)
+    rows = x.shape[0] * steps
+    total = torch.zeros_like(x)
+    for start in range(0, rows, batch):
+        r = torch.arange(start, min(start + batch, rows), device=x.device)
+        a, k = r // steps, r % steps
+        points = (x[a] * alpha[k].view(-1, *([1] * (x.ndim - 1)))).requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(points)[:, target].sum(), points)
+        total.index_add_(0, a, grad * weight[k].view(-1, *([1] * (x.ndim - 1))))
+    return total * x
+
+
+def bare_noise_input(model: nn.Module, x: Tensor, target: int, samples: int, sigma: float, batch: int) -> Tensor:
+    """L1: SmoothGrad by hand."""
+    rows = x.shape[0] * samples
+    total = torch.zeros_like(x)
+    for start in range(0, rows, batch):
+        r = torch.arange(start, min(start + batch, rows), device=x.device)
+        a = r // samples
+        points = (x[a] + sigma * torch.randn_like(x[a])).requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(points)[:, target].sum(), points)
+        total.index_add_(0, a, grad)
+    return total / samples
+
+
+def bare_point(model: nn.Module, x: Tensor, target: int, batch: int) -> Tensor:
+    """L0: saliency by hand."""
+    grads = []
+    for start in range(0, x.shape[0], batch):
+        points = x[start : start + batch].clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(model(points)[:, target].sum(), points)[0])
+    return torch.cat(grads)
+
+
+def bare_line_layer_input_path(h: nn.Module, g: nn.Module, x: Tensor, target: int, steps: int, batch: int) -> Tensor:
+    """L3: gradient at the cut along the input-space path."""
+    alpha_np, weight_np = nodes_and_weights("gauss-legendre", steps)
+    alpha = torch.tensor(alpha_np, dtype=x.dtype, device=x.device)
+    weight = torch.tensor(weight_np, dtype=x.dtype, device=x.device)
+    rows = x.shape[0] * steps
+    total: Tensor | None = None
+    for start in range(0, rows, batch):
+        r = torch.arange(start, min(start + batch, rows), device=x.device)
+        a, k = r // steps, r % steps
+        with torch.no_grad():
+            z = h(x[a] * alpha[k].view(-1, *([1] * (x.ndim - 1))))
+        z.requires_grad_(True)
+        (grad,) = torch.autograd.grad(g(z)[:, target].sum(), z)
+        if total is None:
+            total = torch.zeros((x.shape[0], *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+        total.index_add_(0, a, grad * weight[k].view(-1, *([1] * (grad.ndim - 1))))
+    assert total is not None
+    return total
+
+
+def bare_line_layer_slice_path(h: nn.Module, g: nn.Module, x: Tensor, target: int, steps: int, batch: int) -> Tensor:
+    """L2: h once per anchor, the path between h(0) and h(x) at the cut, times the gap."""
+    alpha_np, weight_np = nodes_and_weights("gauss-legendre", steps)
+    with torch.no_grad():
+        zx, z0 = h(x), h(torch.zeros_like(x[:1]))
+    alpha = torch.tensor(alpha_np, dtype=x.dtype, device=x.device)
+    weight = torch.tensor(weight_np, dtype=x.dtype, device=x.device)
+    rows = x.shape[0] * steps
+    total = torch.zeros_like(zx)
+    shape = [1] * (zx.ndim - 1)
+    for start in range(0, rows, batch):
+        r = torch.arange(start, min(start + batch, rows), device=x.device)
+        a, k = r // steps, r % steps
+        z = torch.lerp(z0.expand_as(zx[a]), zx[a], alpha[k].view(-1, *shape)).requires_grad_(True)
+        (grad,) = torch.autograd.grad(g(z)[:, target].sum(), z)
+        total.index_add_(0, a, grad * weight[k].view(-1, *shape))
+    return total * (zx - z0)
+
+
+def bare_multi(model: nn.Module, x: Tensor, targets: int, steps: int, batch: int) -> list[Tensor]:
+    """LK: one forward, K backward passes, for K classes' integrated gradients."""
+    alpha_np, weight_np = nodes_and_weights("gauss-legendre", steps)
+    alpha = torch.tensor(alpha_np, dtype=x.dtype, device=x.device)
+    weight = torch.tensor(weight_np, dtype=x.dtype, device=x.device)
+    rows = x.shape[0] * steps
+    totals = [torch.zeros_like(x) for _ in range(targets)]
+    for start in range(0, rows, batch):
+        r = torch.arange(start, min(start + batch, rows), device=x.device)
+        a, k = r // steps, r % steps
+        points = (x[a] * alpha[k].view(-1, *([1] * (x.ndim - 1)))).requires_grad_(True)
+        out = model(points)
+        w = weight[k].view(-1, *([1] * (x.ndim - 1)))
+        for c in range(targets):
+            (grad,) = torch.autograd.grad(out[:, c].sum(), points, retain_graph=c < targets - 1)
+            totals[c].index_add_(0, a, grad * w)
+    return [t * x for t in totals]
+
+
+# --- cases ------------------------------------------------------------------------------
+
+
+def build_cases(name: str, model: nn.Module, layer: str, h: nn.Module, g: nn.Module, x: Tensor, population: tuple[Tensor, Tensor], args: argparse.Namespace) -> list[Case]:
+    from captum.attr import IntegratedGradients, InternalInfluence, LayerIntegratedGradients, NoiseTunnel, Saliency
+
+    steps, batch, target = args.steps, args.batch, 3
+    layer_module = dict(model.named_modules())[layer]
+    slc = Slice(model, layer)
+    many = [ClassQoI(c) for c in range(10)]
+    px, py = population
+    members = px[py == target]
+    zero_h = slc.h(torch.zeros_like(x[:1])).detach()
+    line = LineDoI(steps=steps)
+    per_point_noise = max(1, batch // x.shape[0])
+
+    def captum_pooled() -> Tensor:
+        ig = IntegratedGradients(model)
+        return ig.attribute(members, target=target, n_steps=args.pool_steps, method="gausslegendre", internal_batch_size=batch).mean(0)
+
+    return [
+        Case(
+            "integrated gradients (input)", "L1",
+            lambda: input_influence(model, ClassQoI(target), line, x, batch_size=batch, multiply_activation=True, seed=0),
+            lambda: bare_line_input(model, x, target, steps, batch),
+            lambda: IntegratedGradients(model).attribute(x, target=target, n_steps=steps, method="gausslegendre", internal_batch_size=batch),
+        ),
+        Case(
+            "SmoothGrad, NoiseDoI random", "L1",
+            lambda: input_influence(model, ClassQoI(target), NoiseDoI(0.1, steps, "random"), x, batch_size=batch, seed=0),
+            lambda: bare_noise_input(model, x, target, steps, 0.1, batch),
+            lambda: NoiseTunnel(Saliency(model)).attribute(
+                x, nt_type="smoothgrad", nt_samples=steps, nt_samples_batch_size=per_point_noise, stdevs=0.1, target=target, abs=False
+            ),
+        ),
+        Case(
+            "saliency, PointDoI", "L0",
+            lambda: input_influence(model, ClassQoI(target), PointDoI(), px, batch_size=batch, seed=0),
+            lambda: bare_point(model, px, target, batch),
+            lambda: [Saliency(model).attribute(px[i : i + batch], target=target, abs=False) for i in range(0, px.shape[0], batch)],
+        ),
+        Case(
+            f"input-space line at {layer!r}", "L3",
+            lambda: internal_influence(slc, ClassQoI(target), line, x, batch_size=batch, seed=0),
+            lambda: bare_line_layer_input_path(h, g, x, target, steps, batch),
+            lambda: InternalInfluence(model, layer_module).attribute(x, target=target, n_steps=steps, method="gausslegendre", internal_batch_size=batch),
+        ),
+        Case(
+            f"slice-space line at {layer!r}, × activation", "L2",
+            lambda: internal_influence(slc, ClassQoI(target), LineDoI(zero_h, steps, space="slice"), x, batch_size=batch, multiply_activation=True, seed=0),
+            lambda: bare_line_layer_slice_path(h, g, x, target, steps, batch),
+            lambda: LayerIntegratedGradients(model, layer_module).attribute(x, target=target, n_steps=steps, method="gausslegendre", internal_batch_size=batch),
+        ),
+        Case(
+            f"ClassDoI over {members.shape[0]} points, each=LineDoI({args.pool_steps})", "L1",
+            lambda: input_influence(model, ClassQoI(target), ClassDoI(population, target, each=LineDoI(steps=args.pool_steps)), batch_size=batch, multiply_activation=True, seed=0),
+            lambda: bare_line_input(model, members, target, args.pool_steps, batch).mean(0),
+            captum_pooled,
+        ),
+        Case(
+            "10 classes in one query (IG)", "LK",
+            lambda: input_influence(model, many, line, x, batch_size=batch, multiply_activation=True, seed=0),
+            lambda: bare_multi(model, x, 10, steps, batch),
+            lambda: [IntegratedGradients(model).attribute(x, target=c, n_steps=steps, method="gausslegendre", internal_batch_size=batch) for c in range(10)],
+        ),
+    ]
+
+
+def measure(cases: list[Case], reps: int, device: torch.device, with_captum: bool) -> list[dict[str, Any]]:
+    rows = []
+    for case in cases:
+        fns = {"ours": case.ours, "bare": case.bare}
+        if with_captum and case.captum is not None:
+            fns["captum"] = case.captum
+        for fn in fns.values():  # warm-up
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(reps):
+            for key, fn in fns.items():
+                times[key].append(_timed(fn, device))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append({"case": case.name, "loop": case.loop, **med})
+        print(_format_row(rows[-1]), flush=True)
+    return rows
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    ours, bare = row["ours"], row["bare"]
+    captum = row.get("captum")
+    text = f"| {row['case']:<46} | {row['loop']} | {ours * 1e3:9.1f} | {bare * 1e3:9.1f} | {ours / bare:5.2f}× |"
+    if captum is not None:
+        text += f" {captum * 1e3:9.1f} | {captum / bare:5.2f}× | {captum / ours:5.2f}× |"
+    else:
+        text += "         – |      – |      – |"
+    return text
+
+
+HEADER = (
+    "| case | loop | ours ms | bare ms | ours/bare | Captum ms | Captum/bare | Captum/ours |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def quadrature_table(device: torch.device) -> None:
+    """Completeness error |Σ attributions − (f(x) − f(0))| / |f(x) − f(0)| against steps
+    for each rule, on a smooth (softplus) network."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 64), nn.Softplus(), nn.Linear(64, 64), nn.Softplus(), nn.Linear(64, 3)).double().to(device)
+    x = 2.0 * torch.randn(16, 16, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        gap = net(x)[:, 0] - net(torch.zeros_like(x))[:, 0]
+    rules = ["gauss-legendre", "midpoint", "trapezoid", "riemann-left", "riemann-right"]
+    steps_list = [2, 4, 8, 16, 32, 64, 128, 256]
+    print("\nCompleteness error (max over 16 points, relative) by rule and steps, softplus MLP:")
+    print("| steps | " + " | ".join(rules) + " |")
+    print("|---|" + "---|" * len(rules))
+    first_below: dict[str, int | None] = {r: None for r in rules}
+    for steps in steps_list:
+        cells = []
+        for rule in rules:
+            r = input_influence(net, ClassQoI(0), LineDoI(0.0, steps, rule), x, multiply_activation=True, seed=0)
+            err = float(((r.values.sum(1).to(device) - gap).abs() / gap.abs()).max())
+            if err <= 1e-3 and first_below[rule] is None:
+                first_below[rule] = steps
+            cells.append(f"{err:.1e}")
+        print(f"| {steps} | " + " | ".join(cells) + " |")
+    print("steps needed for error ≤ 1e-3: " + ", ".join(f"{r}: {first_below[r]}" for r in rules))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller population")
+    parser.add_argument("--tiny", action="store_true", help="a smoke run in seconds (for the test suite)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--models", default="resnet,mlp")
+    parser.add_argument("--no-captum", action="store_true")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    args.steps, args.batch, anchors = 32, 64, 8
+    population, args.pool_steps = 512, 4
+    reps = args.reps or 9
+    if args.quick:
+        reps, population = args.reps or 5, 128
+    if args.tiny:
+        reps, population, args.steps, args.batch, anchors = 1, 16, 4, 8, 2
+    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, {reps} repetitions (medians)")
+    g = torch.Generator().manual_seed(0)
+    for name in args.models.split(","):
+        if name == "resnet":
+            model = resnet().to(device)
+            layer, h = "stage2", nn.Sequential(model.stem, model.stage1, model.stage2)
+            g_part = nn.Sequential(model.stage3, model.pool, nn.Flatten(), model.fc)
+            shape: tuple[int, ...] = (3, 32, 32) if not args.tiny else (3, 16, 16)
+        else:
+            model = mlp().to(device) if not args.tiny else mlp(features=3 * 16 * 16, hidden=32).to(device)
+            layer, h, g_part = "4", model[:5], model[5:]
+            shape = (3, 32, 32) if not args.tiny else (3, 16, 16)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        x = torch.randn(anchors, *shape, generator=g).to(device)
+        others = torch.randint(0, 9, (population,), generator=g)
+        py = torch.cat([torch.full((population,), 3), others + (others >= 3).long()])  # `population` points of class 3
+        px = torch.randn(py.shape[0], *shape, generator=g).to(device)
+        print(f"\n### {name}: {anchors} anchors × {args.steps} steps, batch {args.batch}, cut at {layer!r}\n")
+        print(HEADER)
+        measure(build_cases(name, model, layer, h, g_part, x, (px, py.to(device)), args), reps, device, not args.no_captum)
+    quadrature_table(device)
+
+
+if __name__ == "__main__":
+    main()

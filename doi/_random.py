@@ -34,11 +34,21 @@ def mix64(z: Tensor) -> Tensor:
     return z ^ _shr(z, 31)
 
 
+def _mix64_int(z: int) -> int:
+    """:func:`mix64` on a Python int (as a signed 64-bit value)."""
+    mask = (1 << 64) - 1
+    z = (z + _GAMMA) & mask
+    z = ((z ^ (z >> 30)) * _M1) & mask
+    z = ((z ^ (z >> 27)) * _M2) & mask
+    z ^= z >> 31
+    return z - (1 << 64) if z >= 1 << 63 else z
+
+
 def stream_keys(seed: int, anchor_id: Tensor, index: Tensor) -> Tensor:
     """One 64-bit key per row from the query seed, the anchor's global id and the
     sample's index within its anchor (both int64 tensors of shape ``(B,)``)."""
-    seed_key = mix64(torch.tensor(seed & ((1 << 63) - 1), dtype=torch.int64, device=anchor_id.device))
-    return mix64(mix64(seed_key + anchor_id * _GAMMA) + index * _GAMMA)
+    seed_key = _mix64_int(seed & ((1 << 64) - 1))
+    return mix64(mix64(anchor_id * _GAMMA + seed_key) + index * _GAMMA)
 
 
 def uniform(keys: Tensor, dims: int) -> Tensor:

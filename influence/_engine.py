@@ -21,7 +21,9 @@ to the CPU once at the end.
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -258,85 +260,138 @@ def _concat(parts: list[Any]) -> Any:
 
 
 def _run(query: _Query) -> list[InfluenceResult]:
-    slc = query.slice.moved(query.device, query.dtype)
-    each, b = query.each, query.batch_size
-    space_is_slice = each.space == "slice" and not slc.is_input
-    needs_anchor_output = any(q.needs_anchor_output for q in query.qois)
-    layers = list(dict.fromkeys(name for q in query.qois for name in q.layers))
-    cut_layer = slc.cut.layer if slc.cut is not None and slc.cut.at == "output" else None
+    return _Integrator(query).run()
 
-    accumulators = [ChunkAccumulator(each.samples, each.groups) for _ in query.qois]
-    sinks: list[PopulationMoments | PerPointResults]
-    if query.population is not None:
-        sinks = [PopulationMoments() for _ in query.qois]
-    else:
-        assert query.inputs is not None
-        sinks = [PerPointResults(query.inputs.shape[0]) for _ in query.qois]
 
-    if query.population is not None:
-        parts: Iterator[Tensor] = query.population.anchors(_chunk_size(query))
-    else:
-        assert query.inputs is not None
-        parts = iter([query.inputs])
-    offset = 0
-    samples = 0
-    with _recording(slc.model, layers) as activations:
-        for x in _rebatch(parts, _chunk_size(query)):
-            x = x.to(device=query.device, dtype=query.dtype)
-            n = x.shape[0]
-            ids = torch.arange(offset, offset + n, device=query.device)
-            offset += n
-            with torch.no_grad():
-                anchors = _no_grad_batched(slc.h, x, b) if space_is_slice else x
-                reference = each.reference(anchors, ids)
-                delta = _delta(query, slc, x, anchors, reference, space_is_slice) if query.multiply else None
-                anchor_out = _no_grad_batched(lambda v: slc.g(slc.h(v), v), x, b) if needs_anchor_output else None
-            for acc in accumulators:
-                acc.start(n, delta)
-            total = n * each.samples
-            for start in range(0, total, b):
-                stop = min(start + b, total)
-                r = torch.arange(start, stop, device=query.device)
-                span = (start, stop) if each.samples == 1 else None
-                rows = Rows(anchor=r // each.samples, index=r % each.samples, anchor_id=ids[r // each.samples], span=span)
-                points, weights = each.draw(anchors, reference, rows, query.seed)
-                activations.clear()
-                if space_is_slice:
-                    z = points.detach().requires_grad_(True)
-                    out = slc.g(z, None if slc.is_split else rows.take(x))
-                else:
-                    z, out = slc.forward_cut(points)
-                if cut_layer is not None and cut_layer in layers:
-                    activations[cut_layer] = z
-                context = QoIContext(activations, None if anchor_out is None else _index_output(anchor_out, rows.anchor))
-                w = weights.view(-1, *([1] * (z.ndim - 1)))
-                for j, (q, acc) in enumerate(zip(query.qois, accumulators)):
-                    value = q(out, context)
-                    if not value.requires_grad:
-                        raise ValueError(
-                            f"qoi: {q!r} does not depend on the activations at the cut of {query.slice!r}; "
-                            "a NeuronQoI must name a layer after the cut"
-                        )
-                    (grad,) = torch.autograd.grad(value.sum(), z, retain_graph=j < len(accumulators) - 1)
-                    acc.add(grad * w, start, stop)
-            samples += total
-            for acc, sink in zip(accumulators, sinks):
-                sink.add(offset - n, acc.finish())
-    results = []
-    for q, sink in zip(query.qois, sinks):
-        mean, stderr, channel_stderr = sink.result()
-        results.append(
-            InfluenceResult(
-                values=mean.cpu(),
-                stderr=stderr.cpu(),
-                samples=samples,
-                anchors=offset,
-                pooled=query.population is not None,
-                query=query.describe(q),
-                channel_stderr=None if channel_stderr is None else channel_stderr.cpu(),
+@dataclass
+class _Chunk:
+    """What the rows of one chunk of anchors are drawn from."""
+
+    x: Tensor  # (n, *input) the anchors' inputs
+    ids: Tensor  # (n,) their positions in the stream of anchors
+    anchors: Tensor  # (n, *space) the anchors in the DoI's space (x, or h(x))
+    reference: Tensor | None  # (n, *space) the DoI's reference points (baselines)
+    anchor_output: Any  # the model's output at the anchors, for QoIs that need it
+
+
+class _Integrator:
+    """The loop of :func:`internal_influence` for one validated query."""
+
+    def __init__(self, query: _Query) -> None:
+        self.query = query
+        self.slice = query.slice.moved(query.device, query.dtype)
+        self.each = query.each
+        self.batch_size = query.batch_size
+        self.in_slice_space = self.each.space == "slice" and not self.slice.is_input
+        self.layers = list(dict.fromkeys(name for q in query.qois for name in q.layers))
+        cut = self.slice.cut
+        self.cut_layer = cut.layer if cut is not None and cut.at == "output" and cut.layer in self.layers else None
+        self.accumulators = [ChunkAccumulator(self.each.samples, self.each.groups) for _ in query.qois]
+        self.sinks: list[PopulationMoments | PerPointResults]
+        if query.population is not None:
+            self.sinks = [PopulationMoments() for _ in query.qois]
+        else:
+            assert query.inputs is not None
+            self.sinks = [PerPointResults(query.inputs.shape[0]) for _ in query.qois]
+
+    def run(self) -> list[InfluenceResult]:
+        query, chunk_size = self.query, _chunk_size(self.query)
+        if query.population is not None:
+            parts: Iterator[Tensor] = query.population.anchors(chunk_size)
+        else:
+            assert query.inputs is not None
+            parts = iter([query.inputs])
+        offset = samples = 0
+        with _recording(self.slice.model, self.layers) as self.activations:
+            for x in _rebatch(parts, chunk_size):
+                n = x.shape[0]
+                chunk = self._prepare(x.to(device=query.device, dtype=query.dtype), offset)
+                self._integrate(chunk)
+                for acc, sink in zip(self.accumulators, self.sinks):
+                    sink.add(offset, acc.finish())
+                offset += n
+                samples += n * self.each.samples
+        results = []
+        for q, sink in zip(query.qois, self.sinks):
+            mean, stderr, channel_stderr = sink.result()
+            results.append(
+                InfluenceResult(
+                    values=mean.cpu(),
+                    stderr=stderr.cpu(),
+                    samples=samples,
+                    anchors=offset,
+                    pooled=query.population is not None,
+                    query=query.describe(q),
+                    channel_stderr=None if channel_stderr is None else channel_stderr.cpu(),
+                )
             )
-        )
-    return results
+        return results
+
+    def _prepare(self, x: Tensor, offset: int) -> _Chunk:
+        """Anchors in the DoI's space (``h`` once per anchor for slice-space DoIs), their
+        references, ``δ`` for ``multiply_activation``, and the anchors' outputs."""
+        slc, b = self.slice, self.batch_size
+        ids = torch.arange(offset, offset + x.shape[0], device=x.device)
+        with torch.no_grad():
+            anchors = _no_grad_batched(slc.h, x, b) if self.in_slice_space else x
+            reference = self.each.reference(anchors, ids)
+            delta = _delta(self.query, slc, x, anchors, reference, self.in_slice_space) if self.query.multiply else None
+            needs_output = any(q.needs_anchor_output for q in self.query.qois)
+            anchor_output = _no_grad_batched(lambda v: slc.g(slc.h(v), v), x, b) if needs_output else None
+        for acc in self.accumulators:
+            acc.start(x.shape[0], delta)
+        return _Chunk(x, ids, anchors, reference, anchor_output)
+
+    def _integrate(self, chunk: _Chunk) -> None:
+        """All sample rows of a chunk, ``batch_size`` at a time. On a CUDA out-of-memory
+        error the batch size is halved (with a warning) and the batch retried."""
+        total = chunk.x.shape[0] * self.each.samples
+        start = 0
+        while start < total:
+            stop = min(start + self.batch_size, total)
+            try:
+                grads = self._gradients(chunk, start, stop)
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size //= 2
+                warnings.warn(f"influence: CUDA out of memory; batch_size halved to {self.batch_size}", RuntimeWarning, stacklevel=4)
+                torch.cuda.empty_cache()
+                continue
+            for acc, grad in zip(self.accumulators, grads):
+                acc.add(grad, start, stop)
+            start = stop
+
+    def _gradients(self, chunk: _Chunk, start: int, stop: int) -> list[Tensor]:
+        """``w · ∂(q∘g)/∂z`` for rows ``start..stop`` of the chunk, one tensor per QoI,
+        from one forward pass."""
+        s = self.each.samples
+        r = torch.arange(start, stop, device=chunk.x.device)
+        rows = Rows(anchor=r // s, index=r % s, anchor_id=chunk.ids[r // s], span=(start, stop) if s == 1 else None)
+        points, weights = self.each.draw(chunk.anchors, chunk.reference, rows, self.query.seed)
+        self.activations.clear()
+        if self.in_slice_space:
+            z = points.detach().requires_grad_(True)
+            out = self.slice.g(z, None if self.slice.is_split else rows.take(chunk.x))
+        else:
+            z, out = self.slice.forward_cut(points)
+        if self.cut_layer is not None:
+            self.activations[self.cut_layer] = z
+        anchor_output = None if chunk.anchor_output is None else _index_output(chunk.anchor_output, rows.anchor)
+        context = QoIContext(self.activations, anchor_output)
+        w = weights.view(-1, *([1] * (z.ndim - 1)))
+        grads = []
+        last = len(self.query.qois) - 1
+        for j, q in enumerate(self.query.qois):
+            value = q(out, context)
+            if not value.requires_grad:
+                raise ValueError(
+                    f"qoi: {q!r} does not depend on the activations at the cut of {self.query.slice!r}; "
+                    "a NeuronQoI must name a layer after the cut"
+                )
+            (grad,) = torch.autograd.grad(value.sum(), z, retain_graph=j < last)
+            grads.append(grad * w)
+        return grads
 
 
 def _delta(query: _Query, slc: Slice, x: Tensor, anchors: Tensor, reference: Tensor | None, space_is_slice: bool) -> Tensor:

@@ -55,7 +55,7 @@ RULE_PAIRS = [
     ("riemann-right", "riemann_right"),
     ("midpoint", "riemann_middle"),
 ]
-STEPS = 20  # not a power of two, so Captum's float32 rounding of 1/n and k/n is exercised
+STEPS = 12  # not a power of two, so Captum's float32 rounding of 1/n and k/n is exercised
 N_POINTS = 4
 SHAPES = {"mlp": (6,), "res_cnn": (3, 8, 8)}
 CLASSES = {"mlp": 4, "res_cnn": 5}

@@ -90,3 +90,7 @@ class PopulationDoI(DistributionOfInterest):
     @abstractmethod
     def anchors(self, batch_size: int) -> Iterator[Tensor]:
         """The population's points, in batches of at most ``batch_size``."""
+
+    def size_hint(self) -> int | None:
+        """The number of points, when known without reading the data (else ``None``)."""
+        return None

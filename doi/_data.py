@@ -36,6 +36,19 @@ def check_data(data: Any, owner: str) -> None:
     raise TypeError(f"{owner}: data must be {ACCEPTED} (got {type(data).__name__})")
 
 
+def data_size(data: Any) -> int | None:
+    """The number of points, when known without iterating."""
+    if isinstance(data, Tensor):
+        return data.shape[0]
+    if isinstance(data, (tuple, list)):
+        return data[0].shape[0]
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
 def labels_of(data: Any) -> Tensor | None:
     """The label tensor when it is at hand without iterating (a pair ``(x, y)``)."""
     return data[1] if isinstance(data, (tuple, list)) else None

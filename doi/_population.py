@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._base import PointwiseDoI, PopulationDoI
-from ._data import as_label_tensor, batches, check_data, labels_of
+from ._data import as_label_tensor, batches, check_data, data_size, labels_of
 from ._point import PointDoI
 
 
@@ -45,6 +45,9 @@ class DatasetDoI(PopulationDoI):
             yield x
         if not found:
             raise ValueError("DatasetDoI: data is empty")
+
+    def size_hint(self) -> int | None:
+        return data_size(self.data)
 
     def __repr__(self) -> str:
         return f"DatasetDoI(data={type(self.data).__name__}, each={self.each!r})"
@@ -77,6 +80,10 @@ class ClassDoI(PopulationDoI):
             yield x[keep]
         if not found:
             raise ValueError(f"ClassDoI: label {self.label} does not occur in the data")
+
+    def size_hint(self) -> int | None:
+        y = labels_of(self.data)
+        return None if y is None else int((y == self.label).sum())
 
     def __repr__(self) -> str:
         return f"ClassDoI(data={type(self.data).__name__}, label={self.label}, each={self.each!r})"

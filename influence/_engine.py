@@ -36,6 +36,7 @@ from slices._cut import find_module
 
 from ._frozen import frozen
 from ._moments import ChunkAccumulator, PerPointResults, PopulationMoments
+from ._progress import progress_bar
 from .result import InfluenceResult
 
 _CHUNK_BYTES = 64 * 2**20  # per-anchor float64 buffers of one chunk
@@ -129,7 +130,9 @@ class _Query:
                 raise ValueError(f"inputs: {type(doi).__name__} explains given points; pass inputs, a tensor (N, *input_shape)")
             if not isinstance(inputs, Tensor):
                 raise TypeError(f"inputs: expected a tensor (N, *input_shape) (got {type(inputs).__name__})")
-            if inputs.ndim < 1 or inputs.shape[0] == 0:
+            if inputs.ndim < 2:
+                raise ValueError(f"inputs: expected a batch of points (N, *input_shape), got shape {tuple(inputs.shape)}; add a batch dimension")
+            if inputs.shape[0] == 0:
                 raise ValueError(f"inputs: no points to explain (shape {tuple(inputs.shape)})")
             if not inputs.is_floating_point():
                 raise TypeError(f"inputs: expected a floating-point tensor (got {inputs.dtype})")
@@ -167,6 +170,13 @@ class _Query:
         self.slice, self.doi, self.inputs = slice, doi, inputs
         self.batch_size, self.multiply, self.seed = batch_size, multiply_activation, seed
 
+    def size_hint(self) -> int | None:
+        """How many anchors the query has, when known without reading the data."""
+        if self.population is not None:
+            return self.population.size_hint()
+        assert isinstance(self.inputs, Tensor)
+        return self.inputs.shape[0]
+
     def describe(self, qoi: QuantityOfInterest) -> dict[str, Any]:
         return {
             "slice": repr(self.slice),
@@ -192,6 +202,7 @@ def internal_influence(
     dtype: torch.dtype | None = None,
     multiply_activation: bool = False,
     seed: int | None = None,
+    progress: bool = False,
 ) -> InfluenceResult | list[InfluenceResult]:
     """Influence of ``qoi`` at the cut of ``slice`` under ``doi``.
 
@@ -211,6 +222,7 @@ def internal_influence(
             (the attribution form: integrated gradients, gradient × input, conductance).
         seed: seeds the DoI's random draws (drawn from torch's RNG when ``None``;
             recorded in ``result.query``). The same seed gives the same result.
+        progress: show a progress bar over the anchors (tqdm when installed).
 
     Returns:
         :class:`InfluenceResult` (a list of them for a list of QoIs): ``values`` of shape
@@ -218,8 +230,14 @@ def internal_influence(
         is the shape of ``h(x)`` for one point.
     """
     query = _Query(slice, qoi, doi, inputs, batch_size, device, dtype, multiply_activation, seed)
-    with frozen(slice.modules()), torch.enable_grad():
-        results = _run(query)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress: expected a bool (got {type(progress).__name__})")
+    bar = progress_bar(progress, query.size_hint())
+    try:
+        with frozen(slice.modules()), torch.inference_mode(False), torch.enable_grad():
+            results = _Integrator(query, bar).run()
+    finally:
+        bar.close()
     return results if query.many else results[0]
 
 
@@ -259,10 +277,6 @@ def _concat(parts: list[Any]) -> Any:
     return first
 
 
-def _run(query: _Query) -> list[InfluenceResult]:
-    return _Integrator(query).run()
-
-
 @dataclass
 class _Chunk:
     """What the rows of one chunk of anchors are drawn from."""
@@ -277,8 +291,8 @@ class _Chunk:
 class _Integrator:
     """The loop of :func:`internal_influence` for one validated query."""
 
-    def __init__(self, query: _Query) -> None:
-        self.query = query
+    def __init__(self, query: _Query, progress: Any) -> None:
+        self.query, self.progress = query, progress
         self.slice = query.slice.moved(query.device, query.dtype)
         self.each = query.each
         self.batch_size = query.batch_size
@@ -305,12 +319,14 @@ class _Integrator:
         with _recording(self.slice.model, self.layers) as self.activations:
             for x in _rebatch(parts, chunk_size):
                 n = x.shape[0]
-                chunk = self._prepare(x.to(device=query.device, dtype=query.dtype), offset)
+                x = x.to(device=query.device, dtype=query.dtype)
+                chunk = self._prepare(x.clone() if x.is_inference() else x, offset)
                 self._integrate(chunk)
                 for acc, sink in zip(self.accumulators, self.sinks):
                     sink.add(offset, acc.finish())
                 offset += n
                 samples += n * self.each.samples
+                self.progress.update(n)
         results = []
         for q, sink in zip(query.qois, self.sinks):
             mean, stderr, channel_stderr = sink.result()

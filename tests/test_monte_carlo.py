@@ -24,16 +24,6 @@ from models import mlp
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run hundreds of tiny queries; a second intra-op thread only adds
-    synchronisation (badly so on a busy machine), so they run on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Quadratic(nn.Module):
     """``f(x) = Σ_j a_j x_j²`` as a ``(B, 1)`` output; its gradient is ``2 a ⊙ x``."""
 

@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
+import torch
 from torch import Tensor
 
 Space = Literal["input", "slice"]
@@ -31,19 +32,39 @@ class DistributionOfInterest(ABC):
 
 @dataclass(frozen=True)
 class Rows:
-    """Which samples to draw: row ``r`` is sample ``index[r]`` of the chunk's anchor
-    ``anchor[r]``, whose position in the whole stream of anchors is ``anchor_id[r]``
-    (random draws are keyed by it, so they do not depend on batching or sharding)."""
+    """Which samples to draw: rows ``start..stop`` of a chunk whose ``n`` anchors have
+    ``samples`` samples each, in order (row ``r`` is sample ``r % samples`` of the
+    chunk's anchor ``r // samples``). ``first_id`` is the position of the chunk's first
+    anchor in the whole stream of anchors: random draws are keyed by ``first_id + anchor``
+    so they do not depend on batching or sharding. ``anchor`` and ``index`` hold the
+    same information as ``(B,)`` tensors on the device."""
 
+    start: int
+    stop: int
+    samples: int
+    first_id: int
     anchor: Tensor
     index: Tensor
-    anchor_id: Tensor
-    span: tuple[int, int] | None = None  # set when row r is anchor span[0] + r, one sample each
+
+    @classmethod
+    def build(cls, start: int, stop: int, samples: int, first_id: int, device: torch.device) -> "Rows":
+        r = torch.arange(start, stop, device=device)
+        return cls(start, stop, samples, first_id, r // samples, r % samples)
 
     def take(self, per_anchor: Tensor) -> Tensor:
         """``per_anchor[anchor]``: each row's entry of a per-anchor tensor (a view when
-        the rows are consecutive anchors)."""
-        return per_anchor[self.span[0] : self.span[1]] if self.span is not None else per_anchor[self.anchor]
+        every anchor has one sample)."""
+        return per_anchor[self.start : self.stop] if self.samples == 1 else per_anchor[self.anchor]
+
+    def segments(self) -> Iterator[tuple[int, int, int, int]]:
+        """``(anchor, first sample, end sample, first row)`` for each anchor the rows
+        touch, as Python ints (row numbers relative to ``start``)."""
+        s, r = self.samples, self.start
+        while r < self.stop:
+            anchor, k0 = divmod(r, s)
+            k1 = min(s, k0 + self.stop - r)
+            yield anchor, k0, k1, r - self.start
+            r += k1 - k0
 
 
 class PointwiseDoI(DistributionOfInterest):

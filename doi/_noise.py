@@ -7,6 +7,9 @@ uniform vector for each of ``G`` replicates (Cranley–Patterson rotation) and m
 normals by the inverse CDF. Each replicate is an unbiased estimate and the replicates are
 independent, so the reported standard error is honest, and on smooth functions it is
 smaller than with random draws at the same ``S``.
+
+Draws are keyed by ``(seed, anchor id, sample block)`` (:mod:`doi._random`), so they do
+not depend on the batch size or on sharding.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ._base import PointwiseDoI, Rows, Space, check_positive_int, check_space
-from ._random import normal_from_uniform, stream_keys, uniform
+from ._random import BLOCK, generator, key, normal_from_uniform
 
 Sampler = Literal["sobol", "random"]
 SOBOL_MAX_DIMS = torch.quasirandom.SobolEngine.MAXDIM
@@ -74,6 +77,7 @@ class NoiseDoI(PointwiseDoI):
             self.groups = g
         self.space = check_space(space, "NoiseDoI")
         self._points: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._cut_block: tuple[tuple, Tensor] | None = None
 
     def _sobol(self, dims: int, seed: int, device: torch.device) -> Tensor:
         if dims > SOBOL_MAX_DIMS:
@@ -86,18 +90,53 @@ class NoiseDoI(PointwiseDoI):
         return self._points[key]
 
     def draw(self, anchors: Tensor, reference: Tensor | None, rows: Rows, seed: int) -> tuple[Tensor, Tensor]:
-        dims = anchors[0].numel()
+        shape, dims = anchors.shape[1:], anchors[0].numel()
         if self.sampler == "random":
-            u = uniform(stream_keys(seed, rows.anchor_id, rows.index), dims)
+            noise = self._normals(rows, seed, dims, anchors)
         else:
-            per_group = self.samples // self.groups
-            base = self._sobol(dims, seed, anchors.device)[rows.index % per_group]
-            shift = uniform(stream_keys(seed, rows.anchor_id, rows.index // per_group), dims)
-            u = torch.clamp(torch.frac(base + shift), 2.0**-54, 1.0 - 2.0**-53)
-        noise = normal_from_uniform(u).to(anchors.dtype).view(-1, *anchors.shape[1:])
-        points = rows.take(anchors) + self.sigma * noise
+            noise = self._sobol_normals(rows, seed, dims, anchors).to(anchors.dtype)
+        points = rows.take(anchors) + self.sigma * noise.view(-1, *shape)
         weight = self.groups / self.samples  # each group's weights sum to 1
-        return points, torch.full((rows.anchor.shape[0],), weight, dtype=anchors.dtype, device=anchors.device)
+        return points, torch.full((rows.stop - rows.start,), weight, dtype=anchors.dtype, device=anchors.device)
+
+    def _normals(self, rows: Rows, seed: int, dims: int, like: Tensor) -> Tensor:
+        """``(B, dims)`` standard normals; block ``j`` of anchor ``i`` is drawn from a
+        generator seeded by ``key(seed, i, j)``."""
+        out = torch.empty((rows.stop - rows.start, dims), dtype=like.dtype, device=like.device)
+        for anchor, k0, k1, row in rows.segments():
+            anchor_id = rows.first_id + anchor
+            for block in range(k0 // BLOCK, (k1 - 1) // BLOCK + 1):
+                b0, b1 = block * BLOCK, min(block * BLOCK + BLOCK, self.samples)
+                lo, hi = max(k0, b0), min(k1, b1)
+                dst = out[row + lo - k0 : row + hi - k0]
+                if (lo, hi) == (b0, b1):
+                    torch.randn(dst.shape, generator=generator(key(seed, 1, anchor_id, block), like.device), out=dst)
+                else:
+                    dst.copy_(self._block(seed, anchor_id, block, b1 - b0, dims, like)[lo - b0 : hi - b0])
+        return out
+
+    def _block(self, seed: int, anchor_id: int, block: int, size: int, dims: int, like: Tensor) -> Tensor:
+        """A whole block, kept while a batch boundary cuts it (so it is drawn once)."""
+        k = (seed, anchor_id, block, dims, like.device, like.dtype)
+        if self._cut_block is None or self._cut_block[0] != k:
+            g = generator(key(seed, 1, anchor_id, block), like.device)
+            self._cut_block = (k, torch.randn((size, dims), generator=g, dtype=like.dtype, device=like.device))
+        return self._cut_block[1]
+
+    def _sobol_normals(self, rows: Rows, seed: int, dims: int, like: Tensor) -> Tensor:
+        """``(B, dims)`` float64: Sobol point ``k mod m`` shifted by replicate
+        ``k // m``'s uniform vector (drawn from ``key(seed, 2, anchor, replicate)``)."""
+        m = self.samples // self.groups
+        base = self._sobol(dims, seed, like.device)[rows.index % m]
+        first = rows.start // m
+        shifts = []
+        for group in range(first, (rows.stop - 1) // m + 1):
+            anchor, replicate = divmod(group, self.groups)
+            g = generator(key(seed, 2, rows.first_id + anchor, replicate), like.device)
+            shifts.append(torch.rand((dims,), generator=g, dtype=torch.float64, device=like.device))
+        local = torch.arange(rows.start, rows.stop, device=like.device) // m - first
+        u = torch.frac(base + torch.stack(shifts)[local])
+        return normal_from_uniform(u.clamp_(2.0**-54, 1.0 - 2.0**-53))
 
     def __repr__(self) -> str:
         extra = f", replicates={self.groups}" if self.sampler == "sobol" else ""

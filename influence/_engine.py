@@ -282,7 +282,8 @@ class _Chunk:
     """What the rows of one chunk of anchors are drawn from."""
 
     x: Tensor  # (n, *input) the anchors' inputs
-    ids: Tensor  # (n,) their positions in the stream of anchors
+    first_id: int  # the position of the first of them in the stream of anchors
+    ids: Tensor  # (n,) the positions of all of them
     anchors: Tensor  # (n, *space) the anchors in the DoI's space (x, or h(x))
     reference: Tensor | None  # (n, *space) the DoI's reference points (baselines)
     anchor_output: Any  # the model's output at the anchors, for QoIs that need it
@@ -356,7 +357,7 @@ class _Integrator:
             anchor_output = _no_grad_batched(lambda v: slc.g(slc.h(v), v), x, b) if needs_output else None
         for acc in self.accumulators:
             acc.start(x.shape[0], delta)
-        return _Chunk(x, ids, anchors, reference, anchor_output)
+        return _Chunk(x, offset, ids, anchors, reference, anchor_output)
 
     def _integrate(self, chunk: _Chunk) -> None:
         """All sample rows of a chunk, ``batch_size`` at a time. On a CUDA out-of-memory
@@ -381,9 +382,7 @@ class _Integrator:
     def _gradients(self, chunk: _Chunk, start: int, stop: int) -> list[Tensor]:
         """``w · ∂(q∘g)/∂z`` for rows ``start..stop`` of the chunk, one tensor per QoI,
         from one forward pass."""
-        s = self.each.samples
-        r = torch.arange(start, stop, device=chunk.x.device)
-        rows = Rows(anchor=r // s, index=r % s, anchor_id=chunk.ids[r // s], span=(start, stop) if s == 1 else None)
+        rows = Rows.build(start, stop, self.each.samples, chunk.first_id, chunk.x.device)
         points, weights = self.each.draw(chunk.anchors, chunk.reference, rows, self.query.seed)
         self.activations.clear()
         if self.in_slice_space:

@@ -24,9 +24,10 @@ F64 = torch.float64
 
 def _all_rows(n: int, samples: int, ids: Tensor | None = None) -> Rows:
     """Every sample of ``n`` anchors, anchor-major (as the engine orders them)."""
-    r = torch.arange(n * samples)
-    anchor = r // samples
-    return Rows(anchor=anchor, index=r % samples, anchor_id=(torch.arange(n) if ids is None else ids)[anchor])
+    first_id = 0 if ids is None else int(ids[0])
+    if ids is not None:
+        assert torch.equal(ids, torch.arange(first_id, first_id + n)), "a chunk's anchor ids are consecutive"
+    return Rows.build(0, n * samples, samples, first_id, torch.device("cpu"))
 
 
 class Square(nn.Module):
@@ -163,8 +164,7 @@ def test_line_draws_only_the_rows_asked_for(rng: torch.Generator) -> None:
     doi = LineDoI(baseline=0.25, steps=6)
     ref = doi.reference(x, torch.arange(4))
     full, wfull = doi.draw(x, ref, _all_rows(4, 6), 0)
-    r = torch.arange(5, 17)
-    part, wpart = doi.draw(x, ref, Rows(anchor=r // 6, index=r % 6, anchor_id=r // 6), 0)
+    part, wpart = doi.draw(x, ref, Rows.build(5, 17, 6, 0, torch.device("cpu")), 0)
     assert torch.equal(part, full[5:17]) and torch.equal(wpart, wfull[5:17])
 
 

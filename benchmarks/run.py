@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--models", default="resnet,mlp")
     parser.add_argument("--no-captum", action="store_true")
+    parser.add_argument("--cases", default="", help="only cases whose name contains one of these comma-separated words")
+    parser.add_argument("--no-quadrature", action="store_true", help="skip the completeness-vs-steps table")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     device = torch.device(args.device)
@@ -331,8 +333,12 @@ def main(argv: list[str] | None = None) -> None:
         px = torch.randn(py.shape[0], *shape, generator=g).to(device)
         print(f"\n### {name}: {anchors} anchors × {args.steps} steps, batch {args.batch}, cut at {layer!r}\n")
         print(HEADER)
-        measure(build_cases(name, model, layer, h, g_part, x, (px, py.to(device)), args), reps, device, not args.no_captum)
-    quadrature_table(device)
+        cases = build_cases(name, model, layer, h, g_part, x, (px, py.to(device)), args)
+        wanted = [w for w in args.cases.split(",") if w]
+        cases = [c for c in cases if not wanted or any(w in c.name for w in wanted)]
+        measure(cases, reps, device, not args.no_captum)
+    if not args.no_quadrature:
+        quadrature_table(device)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ class PointwiseDoI(DistributionOfInterest):
     space: Space = "input"
     samples: int = 1
     groups: int = 1
+    weight: float | None = None  # set when every sample has this same weight
 
     def reference(self, anchors: Tensor, anchor_id: Tensor) -> Tensor | None:
         """The reference point of each anchor, ``(n, *shape)``, or ``None`` for zero."""

@@ -75,6 +75,7 @@ class NoiseDoI(PointwiseDoI):
             if self.samples % g:
                 raise ValueError(f"NoiseDoI: replicates ({g}) must divide samples ({self.samples})")
             self.groups = g
+        self.weight = self.groups / self.samples  # each group's weights sum to 1
         self.space = check_space(space, "NoiseDoI")
         self._points: dict[tuple[int, int, torch.device], Tensor] = {}
         self._cut_block: tuple[tuple, Tensor] | None = None
@@ -96,8 +97,7 @@ class NoiseDoI(PointwiseDoI):
         else:
             noise = self._sobol_normals(rows, seed, dims, anchors).to(anchors.dtype)
         points = rows.take(anchors) + self.sigma * noise.view(-1, *shape)
-        weight = self.groups / self.samples  # each group's weights sum to 1
-        return points, torch.full((rows.stop - rows.start,), weight, dtype=anchors.dtype, device=anchors.device)
+        return points, torch.full((rows.stop - rows.start,), self.weight, dtype=anchors.dtype, device=anchors.device)
 
     def _normals(self, rows: Rows, seed: int, dims: int, like: Tensor) -> Tensor:
         """``(B, dims)`` standard normals; block ``j`` of anchor ``i`` is drawn from a

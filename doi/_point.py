@@ -15,6 +15,7 @@ class PointDoI(PointwiseDoI):
     space = "input"
     samples = 1
     groups = 1
+    weight = 1.0
 
     def draw(self, anchors: Tensor, reference: Tensor | None, rows: Rows, seed: int) -> tuple[Tensor, Tensor]:
         return rows.take(anchors), torch.ones(rows.anchor.shape[0], dtype=anchors.dtype, device=anchors.device)

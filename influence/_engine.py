@@ -20,6 +20,7 @@ to the CPU once at the end.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ from ._moments import ChunkAccumulator, PerPointResults, PopulationMoments
 from ._progress import progress_bar
 from .result import InfluenceResult
 
-_CHUNK_BYTES = 64 * 2**20  # per-anchor float64 buffers of one chunk
+_CHUNK_BYTES = 128 * 2**20  # memory for the per-anchor buffers of one chunk
 
 
 def _rebatch(parts: Iterator[Tensor], size: int) -> Iterator[Tensor]:
@@ -248,14 +249,15 @@ def input_influence(model: nn.Module, qoi: Any, doi: DistributionOfInterest, inp
     return internal_influence(Slice(model, None), qoi, doi, inputs, **options)
 
 
-def _chunk_size(query: _Query) -> int:
-    """Anchors per chunk: enough that the chunk's ``n·S`` rows fill whole batches
-    (``n·S`` a multiple of ``batch_size`` where possible), within a memory budget."""
-    b, s = query.batch_size, query.each.samples
-    n = b // math.gcd(b, s)
-    shape = query.inputs.shape[1:] if query.inputs is not None else None
-    per_anchor = 8 * 4 * (math.prod(shape) if shape is not None else 1)
-    return max(1, min(n, 4096, _CHUNK_BYTES // per_anchor))
+def _chunk_size(batch_size: int, samples: int, input_numel: int, unit_numel: int) -> int:
+    """Anchors per chunk: as many as the memory budget allows (per anchor: the input,
+    and float64 sums, squares and ``δ`` over the unit), up to 4096, and a multiple of
+    ``batch_size / gcd(batch_size, S)`` when possible, so that the chunk's ``n·S`` rows
+    fill whole batches."""
+    step = batch_size // math.gcd(batch_size, samples)
+    per_anchor = 4 * input_numel + 8 * 3 * unit_numel
+    n = max(1, min(4096, _CHUNK_BYTES // per_anchor))
+    return max(step, n // step * step) if step <= n else n
 
 
 def _no_grad_batched(fn: Any, x: Tensor, batch_size: int) -> Any:
@@ -310,15 +312,19 @@ class _Integrator:
             self.sinks = [PerPointResults(query.inputs.shape[0]) for _ in query.qois]
 
     def run(self) -> list[InfluenceResult]:
-        query, chunk_size = self.query, _chunk_size(self.query)
+        query = self.query
         if query.population is not None:
-            parts: Iterator[Tensor] = query.population.anchors(chunk_size)
+            parts: Iterator[Tensor] = iter(query.population.anchors(self.batch_size))
         else:
             assert query.inputs is not None
             parts = iter([query.inputs])
         offset = samples = 0
         with _recording(self.slice.model, self.layers) as self.activations:
-            for x in _rebatch(parts, chunk_size):
+            first = next((p for p in parts if p.shape[0]), None)
+            if first is None:
+                raise ValueError(f"doi: {query.doi!r} has no points")
+            chunk_size = self._chunk_size(first)
+            for x in _rebatch(itertools.chain([first], parts), chunk_size):
                 n = x.shape[0]
                 x = x.to(device=query.device, dtype=query.dtype)
                 chunk = self._prepare(x.clone() if x.is_inference() else x, offset)
@@ -344,6 +350,14 @@ class _Integrator:
             )
         return results
 
+    def _chunk_size(self, first: Tensor) -> int:
+        """The chunk size for inputs like ``first`` (``h`` runs on one of them to learn
+        the unit's size)."""
+        x = first[:1].to(device=self.query.device, dtype=self.query.dtype)
+        with torch.no_grad():
+            unit = x[0].numel() if self.slice.is_input else self.slice.h(x)[0].numel()
+        return _chunk_size(self.batch_size, self.each.samples, x[0].numel(), unit)
+
     def _prepare(self, x: Tensor, offset: int) -> _Chunk:
         """Anchors in the DoI's space (``h`` once per anchor for slice-space DoIs), their
         references, ``δ`` for ``multiply_activation``, and the anchors' outputs."""
@@ -355,8 +369,10 @@ class _Integrator:
             delta = _delta(self.query, slc, x, anchors, reference, self.in_slice_space) if self.query.multiply else None
             needs_output = any(q.needs_anchor_output for q in self.query.qois)
             anchor_output = _no_grad_batched(lambda v: slc.g(slc.h(v), v), x, b) if needs_output else None
-        for acc in self.accumulators:
-            acc.start(x.shape[0], delta)
+        n = x.shape[0]
+        for acc, sink in zip(self.accumulators, self.sinks):
+            target = (lambda like, sink=sink: sink.view(offset, n, like)) if isinstance(sink, PerPointResults) else None
+            acc.start(n, delta, target)
         return _Chunk(x, offset, ids, anchors, reference, anchor_output)
 
     def _integrate(self, chunk: _Chunk) -> None:
@@ -394,7 +410,7 @@ class _Integrator:
             self.activations[self.cut_layer] = z
         anchor_output = None if chunk.anchor_output is None else _index_output(chunk.anchor_output, rows.anchor)
         context = QoIContext(self.activations, anchor_output)
-        w = weights.view(-1, *([1] * (z.ndim - 1)))
+        w = weights.view(-1, *([1] * (z.ndim - 1))) if self.each.weight is None else self.each.weight
         grads = []
         last = len(self.query.qois) - 1
         for j, q in enumerate(self.query.qois):
@@ -405,7 +421,7 @@ class _Integrator:
                     "a NeuronQoI must name a layer after the cut"
                 )
             (grad,) = torch.autograd.grad(value.sum(), z, retain_graph=j < last)
-            grads.append(grad * w)
+            grads.append(grad if isinstance(w, float) and w == 1.0 else grad * w)
         return grads
 
 

@@ -21,6 +21,7 @@ Variances are also kept for channel sums (``unit = (C, *spatial)`` summed over
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -51,26 +52,34 @@ class ChunkAccumulator:
         self.per_group = samples // groups
         self.buffers: list[Tensor] = []  # Σe, then Σe² and Σe_c² when G > 1
 
-    def start(self, n: int, delta: Tensor | None) -> None:
-        self.n, self.delta = n, delta
+    def start(self, n: int, delta: Tensor | None, target: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Begin a chunk of ``n`` anchors. With one group, ``target(like)`` may give the
+        ``(n, *unit)`` float64 tensor to sum into (the final results), saving a copy."""
+        self.n, self.delta, self.target = n, delta, target
         self.carry: Tensor | None = None
         self.fresh = True
 
-    def _sums(self, like: Tensor) -> list[Tensor]:
-        """The chunk's float64 sums, zeroed on the first use in a chunk."""
-        if not self.buffers or self.buffers[0].shape[0] < self.n or self.buffers[0].shape[1:] != like.shape[1:]:
-            shapes = [like.shape[1:]]
-            if self.groups > 1:
-                shapes.append(like.shape[1:])
-                if like.ndim > 2:
-                    shapes.append(like.shape[1:2])
-            self.buffers = [torch.empty((self.n, *s), dtype=torch.float64, device=like.device) for s in shapes]
-        sums = [b[: self.n] for b in self.buffers]
-        if self.fresh:
-            for b in sums:
+    def _sums(self, like: Tensor, *, overwrite: bool = False) -> list[Tensor]:
+        """The chunk's float64 sums, zeroed on the first use in a chunk (unless every
+        entry will be overwritten)."""
+        if not self.fresh:
+            return self.sums
+        if self.target is not None and self.groups == 1:
+            self.sums = [self.target(like)]
+        else:
+            if not self.buffers or self.buffers[0].shape[0] < self.n or self.buffers[0].shape[1:] != like.shape[1:]:
+                shapes = [like.shape[1:]]
+                if self.groups > 1:
+                    shapes.append(like.shape[1:])
+                    if like.ndim > 2:
+                        shapes.append(like.shape[1:2])
+                self.buffers = [torch.empty((self.n, *s), dtype=torch.float64, device=like.device) for s in shapes]
+            self.sums = [b[: self.n] for b in self.buffers]
+        if not overwrite:
+            for b in self.sums:
                 b.zero_()
-            self.fresh = False
-        return sums
+        self.fresh = False
+        return self.sums
 
     def add(self, rows: Tensor, start: int, stop: int) -> None:
         """Add weighted gradient rows ``start..stop`` (chunk-local row numbers)."""
@@ -82,11 +91,11 @@ class ChunkAccumulator:
     def _add_single_group(self, rows: Tensor, start: int, stop: int) -> None:
         """One group per anchor: rows add into their anchor's sum; ``δ`` is applied at
         the end (the sum is linear)."""
-        (total,) = self._sums(rows)
         s = self.samples
+        (total,) = self._sums(rows, overwrite=s == 1)  # one row per anchor: copied, not added
         first, last = start // s, (stop - 1) // s
         if s == 1:
-            total[first : last + 1].add_(rows)
+            total[first : last + 1].copy_(rows)
         elif start % s == 0 and stop % s == 0:
             total[first : last + 1].add_(rows.view(-1, s, *rows.shape[1:]).sum(1))
         else:
@@ -127,9 +136,8 @@ class ChunkAccumulator:
     def finish(self) -> AnchorEstimates:
         if self.carry is not None or self.fresh:
             raise RuntimeError("influence: a chunk ended with rows missing (internal error)")
-        sums = [b[: self.n] for b in self.buffers]
-        g = self.groups
-        mean = sums[0].div_(g)
+        sums, g = self.sums, self.groups
+        mean = sums[0] if g == 1 else sums[0].div_(g)
         if g == 1:
             if self.delta is not None:
                 mean.mul_(self.delta)
@@ -152,6 +160,13 @@ class PerPointResults:
         self.var: Tensor | None = None
         self.channel_var: Tensor | None = None
 
+    def view(self, offset: int, n: int, like: Tensor) -> Tensor:
+        """Where anchors ``offset..offset+n`` go (for a :class:`ChunkAccumulator` to sum
+        into directly)."""
+        if self.mean is None:
+            self.mean = torch.empty((self.count, *like.shape[1:]), dtype=torch.float64, device=like.device)
+        return self.mean[offset : offset + n]
+
     def add(self, offset: int, est: AnchorEstimates) -> None:
         n = est.mean.shape[0]
         if self.mean is None:
@@ -160,7 +175,8 @@ class PerPointResults:
                 self.var = est.var.new_empty((self.count, *est.var.shape[1:]))
             if est.channel_var is not None:
                 self.channel_var = est.channel_var.new_empty((self.count, *est.channel_var.shape[1:]))
-        self.mean[offset : offset + n] = est.mean
+        if est.mean.data_ptr() != self.mean[offset].data_ptr():
+            self.mean[offset : offset + n] = est.mean
         if self.var is not None and est.var is not None:
             self.var[offset : offset + n] = est.var
         if self.channel_var is not None and est.channel_var is not None:

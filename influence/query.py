@@ -1,0 +1,1568 @@
+"""Influence queries written in YAML: parse and validate, then load and run.
+
+A query file has a ``model`` and a ``data`` section shared by a list of ``queries``; an
+optional ``defaults`` section sets options for every query::
+
+    model:    {factory: "influence.synthetic:trained_cnn", kwargs: {seed: 0}}
+    data:     {factory: "influence.synthetic:glyph_images", kwargs: {split: test}}
+    queries:
+      - name: top_neurons
+        slice: res                                # a layer name; null/absent: the input
+        doi: {kind: class, label: 3}              # point | line | noise | class | dataset
+        qoi: {kind: comparative, a: 3, b: 8}      # class | comparative | neuron | max_class | linear | callable
+        output: {top: {k: 5, by: channel}}
+
+Three stages, each usable on its own:
+
+1. :func:`load_query_file` / :func:`parse_query` check the whole file — structure, types,
+   names of kinds, that files exist — and return a :class:`QueryFile` of plain, validated
+   values. Nothing is imported or loaded (``influence validate``).
+2. :meth:`QueryFile.prepare` imports the factories, loads weights and data: a
+   :class:`Session`.
+3. :meth:`Session.build` turns one query into library objects (``Slice``, DoI, QoI,
+   inputs) and checks them against the model and the data with one forward pass on one
+   point; :meth:`BuiltQuery.run` calls :func:`influence.internal_influence`.
+
+Every mistake in the file, found at any stage, raises :class:`QueryError` whose ``path``
+names the field (``queries[1].doi.steps``). The tables :data:`DOI_KINDS`,
+:data:`QOI_KINDS` and the section schemas drive validation, the did-you-mean hints, the
+README's schema table and the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import importlib
+import inspect
+import math
+import os
+import pickle
+import re
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI, PointDoI, PointwiseDoI, PopulationDoI
+from doi._line import resolve_baseline
+from qoi import ClassQoI, ComparativeQoI, FunctionQoI, LinearQoI, MaxClassQoI, NeuronQoI, QoIContext, QuantityOfInterest
+from slices import Cut, Slice
+from slices._cut import find_module
+
+from ._engine import internal_influence
+from .result import InfluenceResult
+
+__all__ = [
+    "QueryError",
+    "QueryFile",
+    "Session",
+    "BuiltQuery",
+    "load_query_file",
+    "parse_query",
+    "DOI_KINDS",
+    "QOI_KINDS",
+    "SECTIONS",
+]
+
+_INT_LIMIT = 2**62
+
+
+class QueryError(ValueError):
+    """A mistake in a query file: ``path`` is the field (``queries[1].doi.steps``, or the
+    file name for a file-level problem), ``message`` says what is wrong and how to fix it."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = " ".join(str(message).split())
+        super().__init__(f"{path}: {self.message}" if path else self.message)
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    """``value`` for an error message: its type and a short repr."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return text
+    return f"{type(value).__name__} {text}"
+
+
+def _did_you_mean(word: Any, options: Sequence[str]) -> str:
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+# --- checks: one small object per type of value ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What validation needs besides the value: the folder relative paths start from."""
+
+    folder: Path
+
+
+class Check:
+    """Validates one value and returns it normalised; ``what`` describes the accepted
+    values (used in messages and in the README table)."""
+
+    what = "a value"
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+        raise NotImplementedError
+
+    def fail(self, path: str, value: Any, extra: str = "") -> QueryError:
+        return QueryError(path, f"must be {self.what} (got {_show(value)}){extra}")
+
+
+class Int(Check):
+    def __init__(self, minimum: int | None = None) -> None:
+        self.minimum = minimum
+        self.what = "an int" if minimum is None else f"an int >= {minimum}"
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, value)
+        if (self.minimum is not None and value < self.minimum) or abs(value) >= _INT_LIMIT:
+            raise self.fail(path, value)
+        return value
+
+
+class Float(Check):
+    """A finite number; strings such as ``1e-3`` (which YAML 1.1 reads as text) count."""
+
+    def __init__(self, minimum: float | None = None, *, positive: bool = False) -> None:
+        self.minimum, self.positive = minimum, positive
+        self.what = "a number > 0" if positive else ("a number" if minimum is None else f"a number >= {minimum}")
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> float:
+        number: float | None = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                number = None
+        elif isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", value):
+            number = float(value)
+        if number is None or not math.isfinite(number):
+            raise self.fail(path, value)
+        if (self.positive and number <= 0) or (self.minimum is not None and number < self.minimum):
+            raise self.fail(path, value)
+        return number
+
+
+class Bool(Check):
+    what = "true or false"
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, value)
+        return value
+
+
+class Str(Check):
+    def __init__(self, what: str = "a string", pattern: str | None = None) -> None:
+        self.what, self.pattern = what, pattern
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> str:
+        if not isinstance(value, str) or not value or (self.pattern and not re.fullmatch(self.pattern, value)):
+            raise self.fail(path, value)
+        return value
+
+
+class Choice(Check):
+    def __init__(self, options: Sequence[str]) -> None:
+        self.options = tuple(options)
+        self.what = "one of " + ", ".join(repr(o) for o in self.options)
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> str:
+        if not isinstance(value, str) or value not in self.options:
+            hint = _did_you_mean(value, self.options)
+            raise QueryError(path, f"{hint}must be {self.what} (got {_show(value)})")
+        return value
+
+
+class Maybe(Check):
+    """``null`` or what ``inner`` accepts."""
+
+    def __init__(self, inner: Check) -> None:
+        self.inner = inner
+        self.what = f"null or {inner.what}"
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+        if value is None:
+            return None
+        try:
+            return self.inner(value, path, ctx)
+        except QueryError as e:
+            if e.path == path:
+                raise QueryError(path, e.message.replace(f"must be {self.inner.what}", f"must be {self.what}", 1)) from None
+            raise
+
+
+class ImportPath(Str):
+    """``package.module:name`` (the module is imported only when the query runs)."""
+
+    def __init__(self) -> None:
+        super().__init__("an import path 'package.module:name'", r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+class FilePath(Check):
+    """An existing file; a relative path is read from the query file's folder."""
+
+    def __init__(self, suffixes: Sequence[str] = ()) -> None:
+        self.suffixes = tuple(suffixes)
+        self.what = "a file path" + (f" ({', '.join(self.suffixes)})" if self.suffixes else "")
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Path:
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise self.fail(path, value)
+        if self.suffixes and Path(value).suffix.lower() not in self.suffixes:
+            raise QueryError(path, f"unsupported file type {Path(value).suffix or '(none)'!r} in {value!r}; use {' or '.join(self.suffixes)}")
+        target = Path(value).expanduser()
+        if not target.is_absolute():
+            target = ctx.folder / target
+        try:
+            exists, is_dir = target.exists(), target.is_dir()
+        except (OSError, ValueError) as e:
+            raise QueryError(path, f"cannot use {value!r} as a path ({e})") from None
+        where = f" (relative paths are read from the query file's folder, {ctx.folder})" if not Path(value).is_absolute() else ""
+        if not exists:
+            raise QueryError(path, f"file not found: {str(target)!r}{where}")
+        if is_dir:
+            raise QueryError(path, f"{str(target)!r} is a folder, not a file")
+        if not os.access(target, os.R_OK):
+            raise QueryError(path, f"file {str(target)!r} is not readable (check its permissions)")
+        return target
+
+
+class AnyMapping(Check):
+    """A mapping with string keys, its values passed on as they are (factory kwargs)."""
+
+    what = "a mapping of names to values"
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, value)
+        for key in value:
+            if not isinstance(key, str) or not key.isidentifier():
+                raise QueryError(_join(path, str(key)), f"keyword names must be identifiers (got {_show(key)})")
+        return dict(value)
+
+
+class Custom(Check):
+    """A check written as a function ``(value, path, ctx) -> normalised value``."""
+
+    def __init__(self, what: str, fn: Callable[[Any, str, _Ctx], Any]) -> None:
+        self.what, self.fn = what, fn
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+        return self.fn(value, path, ctx)
+
+
+# --- schemas: named keys with checks and defaults -------------------------------------
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a mapping: its check, its default (``REQUIRED`` if none), and a line of
+    documentation (the README's schema table lists every key)."""
+
+    name: str
+    check: Check
+    default: Any = REQUIRED
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The keys a mapping may have."""
+
+    keys: tuple[Key, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.keys)
+
+    def parse(self, value: Any, path: str, ctx: _Ctx, *, what: str = "a mapping", also: Sequence[str] = ()) -> dict[str, Any]:
+        """``value`` checked key by key, with defaults filled in. ``also`` names keys the
+        caller handles itself (e.g. ``kind``)."""
+        if not isinstance(value, dict):
+            raise QueryError(path, f"must be {what} with keys {', '.join(self.names) or '(none)'} (got {_show(value)})")
+        valid = (*also, *self.names)
+        for key in value:
+            if not isinstance(key, str):
+                raise QueryError(path, f"keys must be strings (got {_show(key)}); valid keys: {', '.join(valid)}")
+            if key not in valid:
+                hint = _did_you_mean(key, valid)
+                raise QueryError(_join(path, key), f"unknown key; {hint}valid keys here: {', '.join(valid) or '(none)'}")
+        out: dict[str, Any] = {}
+        for key in self.keys:
+            where = _join(path, key.name)
+            if key.name in value:
+                out[key.name] = key.check(value[key.name], where, ctx)
+            elif key.default is REQUIRED:
+                raise QueryError(where, f"missing; {key.doc or 'this key is required'}")
+            else:
+                out[key.name] = copy.deepcopy(key.default)
+        return out
+
+
+def _mapping_check(schema: Schema, what: str) -> Check:
+    return Custom(what, lambda value, path, ctx: schema.parse(value, path, ctx))
+
+
+# --- baselines, selectors and slices ------------------------------------------------------
+
+
+_BASELINE_FORMS = (
+    "a number, {mean: data}, {array: NAME}, {file: PATH, key: NAME}, {callable: 'module:function'} "
+    "or, in space: slice, {activation_of: <one of the others>}"
+)
+
+
+def _parse_baseline(value: Any, path: str, ctx: _Ctx, *, inner: bool = False) -> Any:
+    """A number, or a one-key mapping naming where the baseline tensor comes from."""
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return Float()(value, path, ctx)
+        except QueryError:
+            pass
+    if not isinstance(value, dict) or len(value) not in (1, 2):
+        raise QueryError(path, f"must be {_BASELINE_FORMS} (got {_show(value)})")
+    forms = ("mean", "array", "file", "callable") if inner else ("mean", "array", "file", "callable", "activation_of")
+    kinds = [k for k in value if k in forms]
+    extra = [k for k in value if k not in forms and k != "key"]
+    if extra:
+        key = extra[0]
+        hint = _did_you_mean(key, forms)
+        raise QueryError(_join(path, str(key)), f"unknown key; {hint}a baseline is {_BASELINE_FORMS}")
+    if len(kinds) != 1:
+        raise QueryError(path, f"must be {_BASELINE_FORMS} (got {_show(value)})")
+    kind = kinds[0]
+    if "key" in value and kind != "file":
+        raise QueryError(_join(path, "key"), "applies to {file: PATH, key: NAME} only")
+    where = _join(path, kind)
+    if kind == "mean":
+        return {"mean": Str("'data' or the name of an array of the data section")(value["mean"], where, ctx)}
+    if kind == "array":
+        return {"array": Str("the name of an array of the data section")(value["array"], where, ctx)}
+    if kind == "file":
+        key = Maybe(Str("an array name"))(value.get("key"), _join(path, "key"), ctx)
+        return {"file": FilePath((".pt", ".pth", ".npz", ".npy"))(value["file"], where, ctx), "key": key}
+    if kind == "callable":
+        return {"callable": ImportPath()(value["callable"], where, ctx)}
+    return {"activation_of": _parse_baseline(value["activation_of"], where, ctx, inner=True)}
+
+
+def _parse_selector(value: Any, path: str, ctx: _Ctx) -> Any:
+    """Which tensor of a tuple/dict output a QoI reads: an int, a key, or a callable."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Int(0)(value, path, ctx)
+    if isinstance(value, dict) and list(value) == ["callable"]:
+        return {"callable": ImportPath()(value["callable"], _join(path, "callable"), ctx)}
+    raise QueryError(path, f"must be null, an int index, a str key or {{callable: 'module:function'}} (got {_show(value)})")
+
+
+_SELECTOR = Custom("null, an int index, a key, or {callable: 'module:function'}", _parse_selector)
+
+SLICE_SCHEMA = Schema(
+    (
+        Key("layer", Maybe(Str("a dotted module name"))),
+        Key("at", Choice(("output", "input")), "output", "cut at the layer's output, or just before it"),
+        Key("realisation", Choice(("auto", "sequential", "graph", "hook")), "auto", "how h and g are built"),
+    )
+)
+
+
+def _parse_slice(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+    if value is None:
+        return {"layer": None, "at": "output", "realisation": "auto"}
+    if isinstance(value, str):
+        value = {"layer": value}
+    out = SLICE_SCHEMA.parse(value, path, ctx, what="a layer name or a mapping")
+    if out["layer"] is None and out["at"] != "output":
+        raise QueryError(_join(path, "at"), "applies to a layer; the input slice (layer: null) has no 'at'")
+    if out["layer"] is not None:
+        Cut(out["layer"], out["at"])
+    return out
+
+
+# --- DoI and QoI kinds: the registry -----------------------------------------------------
+
+
+class _Builder:
+    """What a kind's ``build`` may ask for: baselines, data, imports. The validation
+    builder answers with placeholders (so the library's own argument checks run without
+    loading anything); a :class:`Session`'s builder answers with the real things."""
+
+    def baseline(self, spec: Any, path: str, space: str) -> Any:
+        return 0.0 if not isinstance(spec, (int, float)) else spec
+
+    def population_data(self, path: str, label: int | None) -> Any:
+        x = torch.zeros(1, 1)
+        return x if label is None else (x, torch.tensor([label]))
+
+    def imported(self, spec: str, path: str) -> Any:
+        return lambda *args: None
+
+    def selector(self, spec: Any, path: str) -> Any:
+        if isinstance(spec, dict):
+            return self.imported(spec["callable"], _join(path, "callable"))
+        return spec
+
+    def pointwise(self, spec: dict[str, Any], path: str) -> PointwiseDoI:
+        return DOI_KINDS[spec["kind"]].build(spec, path, self)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A named DoI or QoI form: its keys, and how to make the library object."""
+
+    name: str
+    schema: Schema
+    doc: str
+    build: Callable[[dict[str, Any], str, _Builder], Any]
+    pointwise: bool = True  # DoIs: explains given points (else: a population)
+
+
+def _line(p: dict[str, Any], path: str, b: _Builder) -> LineDoI:
+    return LineDoI(baseline=b.baseline(p["baseline"], _join(path, "baseline"), p["space"]), steps=p["steps"], rule=p["rule"], space=p["space"])
+
+
+def _parse_each(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+    return parse_doi(value, path, ctx, pointwise_only=True)
+
+
+_SPACE = Key("space", Choice(("input", "slice")), "input", "where the path/noise lives: the inputs, or the activations at the cut")
+_EACH = Key("each", Custom("a pointwise DoI", _parse_each), {"kind": "point"}, "the pointwise DoI around every member")
+
+DOI_KINDS: dict[str, Kind] = {
+    "point": Kind("point", Schema(()), "the point itself (saliency; gradient × input with multiply_activation)", lambda p, path, b: PointDoI()),
+    "line": Kind(
+        "line",
+        Schema(
+            (
+                Key("baseline", Custom(_BASELINE_FORMS, _parse_baseline), 0.0, "the start of the path"),
+                Key("steps", Int(1), 32, "quadrature nodes"),
+                Key("rule", Choice(("gauss-legendre", "riemann-left", "riemann-right", "midpoint", "trapezoid")), "gauss-legendre", "quadrature rule"),
+                _SPACE,
+            )
+        ),
+        "the segment from a baseline to the point (integrated gradients with multiply_activation)",
+        _line,
+    ),
+    "noise": Kind(
+        "noise",
+        Schema(
+            (
+                Key("sigma", Float(positive=True), 0.1, "noise standard deviation"),
+                Key("samples", Int(1), 32, "samples per point"),
+                Key("sampler", Choice(("sobol", "random")), "sobol", "randomised quasi-Monte Carlo, or independent draws"),
+                Key("replicates", Maybe(Int(1)), None, "sobol only: independent randomisations (must divide samples)"),
+                _SPACE,
+            )
+        ),
+        "Gaussian noise around the point (SmoothGrad)",
+        lambda p, path, b: NoiseDoI(p["sigma"], p["samples"], p["sampler"], p["replicates"], p["space"]),
+    ),
+    "class": Kind(
+        "class",
+        Schema((Key("label", Int(0), REQUIRED, "the class whose points of the data section form the population"), _EACH)),
+        "uniform over the data section's points of one class",
+        lambda p, path, b: ClassDoI(b.population_data(path, p["label"]), p["label"], each=b.pointwise(p["each"], _join(path, "each"))),
+        pointwise=False,
+    ),
+    "dataset": Kind(
+        "dataset",
+        Schema((_EACH,)),
+        "uniform over all points of the data section",
+        lambda p, path, b: DatasetDoI(b.population_data(path, None), each=b.pointwise(p["each"], _join(path, "each"))),
+        pointwise=False,
+    ),
+}
+
+
+def _neuron(p: dict[str, Any], path: str, b: _Builder) -> NeuronQoI:
+    index = p["index"]
+    return NeuronQoI(p["layer"], tuple(index) if isinstance(index, list) else index)
+
+
+def _parse_index(value: Any, path: str, ctx: _Ctx) -> Any:
+    if isinstance(value, list) and value:
+        return [Int(0)(v, _join(path, i), ctx) for i, v in enumerate(value)]
+    try:
+        return Int(0)(value, path, ctx)
+    except QueryError:
+        raise QueryError(path, f"must be an int >= 0 (a channel) or a list of ints (one unit) (got {_show(value)})") from None
+
+
+def _linear(p: dict[str, Any], path: str, b: _Builder) -> LinearQoI:
+    terms = []
+    for i, term in enumerate(p["terms"]):
+        where = _join(_join(path, "terms"), i)
+        terms.append((term["weight"], _build_qoi(term["qoi"], _join(where, "qoi"), b)))
+    return LinearQoI(tuple(terms))
+
+
+_OUTPUT = Key("output", _SELECTOR, None, "which tensor of a tuple/dict model output: an int, a key, or {callable: ...}")
+_TERM_SCHEMA = Schema(
+    (
+        Key("weight", Float(), 1.0, "the coefficient"),
+        Key("qoi", Custom("a QoI", lambda v, path, ctx: parse_qoi(v, path, ctx)), REQUIRED, "a QoI (any kind)"),
+    )
+)
+
+
+def _parse_terms(value: Any, path: str, ctx: _Ctx) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise QueryError(path, f"must be a non-empty list of {{weight: NUMBER, qoi: QOI}} (got {_show(value)})")
+    return [_TERM_SCHEMA.parse(t, _join(path, i), ctx, what="a term") for i, t in enumerate(value)]
+
+
+QOI_KINDS: dict[str, Kind] = {
+    "class": Kind(
+        "class",
+        Schema((Key("label", Int(0), REQUIRED, "the class index c"), _OUTPUT)),
+        "f_c, the score of one class",
+        lambda p, path, b: ClassQoI(p["label"], output=b.selector(p["output"], _join(path, "output"))),
+    ),
+    "comparative": Kind(
+        "comparative",
+        Schema((Key("a", Int(0), REQUIRED, "the class preferred"), Key("b", Int(0), REQUIRED, "the class compared with"), _OUTPUT)),
+        "f_a − f_b: what makes the model prefer class a over b",
+        lambda p, path, b: ComparativeQoI(p["a"], p["b"], output=b.selector(p["output"], _join(path, "output"))),
+    ),
+    "neuron": Kind(
+        "neuron",
+        Schema(
+            (
+                Key("layer", Str("a dotted module name"), REQUIRED, "the module whose output holds the neuron"),
+                Key("index", Custom("an int (channel) or a list of ints (unit)", _parse_index), REQUIRED, "a channel (int) or one unit (list)"),
+            )
+        ),
+        "one internal neuron or channel (after the cut)",
+        _neuron,
+    ),
+    "max_class": Kind(
+        "max_class",
+        Schema((_OUTPUT,)),
+        "the score of the class predicted at each anchor",
+        lambda p, path, b: MaxClassQoI(output=b.selector(p["output"], _join(path, "output"))),
+    ),
+    "linear": Kind(
+        "linear",
+        Schema((Key("terms", Custom("a list of {weight, qoi}", _parse_terms), REQUIRED, "Σ weight · qoi"),)),
+        "a linear combination Σ weight·qoi of other QoIs",
+        _linear,
+    ),
+    "callable": Kind(
+        "callable",
+        Schema((Key("function", ImportPath(), REQUIRED, "'module:function', output -> (batch,)"), _OUTPUT)),
+        "your own function of the output",
+        lambda p, path, b: FunctionQoI(b.imported(p["function"], _join(path, "function")), output=b.selector(p["output"], _join(path, "output"))),
+    ),
+}
+
+
+def _parse_kind(value: Any, path: str, ctx: _Ctx, kinds: dict[str, Kind], what: str) -> dict[str, Any]:
+    names = ", ".join(kinds)
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise QueryError(path, f"must be a {what}: a kind name ({names}) or a mapping with 'kind' (got {_show(value)})")
+    if "kind" not in value:
+        raise QueryError(_join(path, "kind"), f"missing; say which {what}: one of {names}")
+    kind = Choice(tuple(kinds))(value["kind"], _join(path, "kind"), ctx)
+    rest = {k: v for k, v in value.items() if k != "kind"}
+    return {"kind": kind, **kinds[kind].schema.parse(rest, path, ctx, also=("kind",))}
+
+
+@contextlib.contextmanager
+def _at(path: str, *, broad: bool = False) -> Iterator[None]:
+    """Report a library ``ValueError``/``TypeError`` (any error when ``broad``) raised in
+    the body as a :class:`QueryError` at ``path``."""
+    try:
+        yield
+    except QueryError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise QueryError(path, str(e)) from None
+    except Exception as e:
+        if not broad:
+            raise
+        raise QueryError(path, f"{type(e).__name__}: {e}") from None
+
+
+def parse_doi(value: Any, path: str, ctx: _Ctx, *, pointwise_only: bool = False) -> dict[str, Any]:
+    """A DoI spec (a kind name or a mapping with ``kind``), checked; the library's own
+    argument checks run on a placeholder object."""
+    spec = _parse_kind(value, path, ctx, DOI_KINDS, "DoI")
+    kind = DOI_KINDS[spec["kind"]]
+    if pointwise_only and not kind.pointwise:
+        pointwise = ", ".join(k for k, v in DOI_KINDS.items() if v.pointwise)
+        raise QueryError(_join(path, "kind"), f"each must be a pointwise DoI ({pointwise}) (got {spec['kind']!r})")
+    if spec["kind"] == "line":
+        _check_baseline_space(spec["baseline"], spec["space"], _join(path, "baseline"))
+    with _at(path, broad=True):
+        kind.build(spec, path, _Builder())
+    return spec
+
+
+def _check_baseline_space(baseline: Any, space: str, path: str) -> None:
+    if isinstance(baseline, dict) and "activation_of" in baseline and space != "slice":
+        raise QueryError(path, "{activation_of: ...} gives an activation at the cut; it needs space: slice (or give the input baseline itself)")
+    if isinstance(baseline, dict) and "mean" in baseline and space == "slice":
+        raise QueryError(path, "{mean: ...} is an input; in space: slice write {activation_of: {mean: ...}} for its activation at the cut")
+
+
+def parse_qoi(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+    """A QoI spec, checked like :func:`parse_doi`."""
+    spec = _parse_kind(value, path, ctx, QOI_KINDS, "QoI")
+    with _at(path, broad=True):
+        _build_qoi(spec, path, _Builder())
+    return spec
+
+
+def _build_qoi(spec: dict[str, Any], path: str, b: _Builder) -> QuantityOfInterest:
+    return QOI_KINDS[spec["kind"]].build(spec, path, b)
+
+
+def _parse_qois(value: Any, path: str, ctx: _Ctx) -> list[dict[str, Any]] | dict[str, Any]:
+    if isinstance(value, list):
+        if not value:
+            raise QueryError(path, "the list of QoIs is empty; give one QoI or a non-empty list")
+        return [parse_qoi(v, _join(path, i), ctx) for i, v in enumerate(value)]
+    return parse_qoi(value, path, ctx)
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _parse_device(value: Any, path: str, ctx: _Ctx) -> str:
+    if not isinstance(value, str) or not value:
+        raise QueryError(path, f"must be a device name such as 'cpu' or 'cuda' (got {_show(value)})")
+    try:
+        torch.device(value)
+    except Exception:
+        raise QueryError(path, f"must be a device name such as 'cpu', 'cuda' or 'cuda:1' (got {value!r})") from None
+    return value
+
+
+OPTION_KEYS = (
+    Key("batch_size", Int(1), 64, "sample rows per forward/backward pass"),
+    Key("seed", Maybe(Int(0)), 0, "seed of the random draws (null: a fresh one, recorded in the result)"),
+    Key("multiply_activation", Bool(), False, "multiply by h(x) − h(baseline): integrated gradients, gradient × input"),
+    Key("dtype", Maybe(Choice(DTYPES)), None, "compute precision (null: the model's)"),
+    Key("device", Maybe(Custom("a device name", _parse_device)), None, "where to compute (null: the model's); --device overrides"),
+)
+
+MODEL_SCHEMA = Schema(
+    (
+        Key("factory", Maybe(ImportPath()), None, "'package.module:callable' returning an nn.Module"),
+        Key("kwargs", AnyMapping(), {}, "keyword arguments of the factory"),
+        Key("weights", Maybe(FilePath()), None, "a state_dict file, loaded with weights_only=True"),
+        Key("torchscript", Maybe(FilePath()), None, "a TorchScript file (instead of factory)"),
+    )
+)
+
+DATA_SCHEMA = Schema(
+    (
+        Key("path", Maybe(FilePath((".npz", ".pt", ".pth"))), None, "an .npz or .pt file of named arrays"),
+        Key("factory", Maybe(ImportPath()), None, "'package.module:callable' returning a dict of named arrays (instead of path)"),
+        Key("kwargs", AnyMapping(), {}, "keyword arguments of the factory"),
+        Key("inputs", Str("an array name"), "x", "the array of inputs (N, ...)"),
+        Key("labels", Maybe(Str("an array name")), "y", "the array of int labels (N,); null: none"),
+        Key("classes", Maybe(Custom("a list of ints", lambda v, p, c: _int_list(v, p, c, minimum=0))), None, "keep only points with these labels"),
+    )
+)
+
+
+def _int_list(value: Any, path: str, ctx: _Ctx, minimum: int = 0) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise QueryError(path, f"must be a non-empty list of ints >= {minimum} (got {_show(value)})")
+    return [Int(minimum)(v, _join(path, i), ctx) for i, v in enumerate(value)]
+
+
+INPUTS_SCHEMA = Schema(
+    (
+        Key("label", Maybe(Int(0)), None, "explain the points of this class"),
+        Key("indices", Maybe(Custom("a list of ints", _int_list)), None, "explain these rows of the data (instead of label)"),
+        Key("limit", Maybe(Int(1)), None, "at most this many points (the first ones)"),
+    )
+)
+
+def _parse_anchor(value: Any, path: str, ctx: _Ctx) -> Any:
+    if isinstance(value, str) and value == "mean":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _INT_LIMIT:
+        return value
+    raise QueryError(path, f"must be 'mean' or an int >= 0 (a point's position among the inputs) (got {_show(value)})")
+
+
+TOP_SCHEMA = Schema(
+    (
+        Key("k", Int(1), 10, "how many entries"),
+        Key("by", Choice(("unit", "channel")), "unit", "rank single units, or channels"),
+        Key("agg", Choice(("sum", "max")), "sum", "how a channel aggregates its units"),
+        Key("absolute", Bool(), False, "rank by |influence|"),
+        Key("anchor", Custom("'mean' or an int >= 0", _parse_anchor), "mean", "pointwise DoIs: which point's explanation ranks ('mean': their mean)"),
+    )
+)
+
+REGION_SCHEMA = Schema(
+    (
+        Key("box", Maybe(Custom("[top, bottom, left, right]", lambda v, p, c: _box(v, p, c))), None, "a half-open pixel box on the last two unit dims"),
+        Key("mask", Maybe(Str("an array name")), None, "a bool array of the data section: (H, W), unit-shaped, or one per point"),
+        Key("invert", Bool(), False, "use the complement"),
+    )
+)
+
+
+def _box(value: Any, path: str, ctx: _Ctx) -> list[int]:
+    if not isinstance(value, list) or len(value) != 4:
+        raise QueryError(path, f"must be [top, bottom, left, right] (got {_show(value)})")
+    top, bottom, left, right = (Int(0)(v, _join(path, i), ctx) for i, v in enumerate(value))
+    if bottom <= top or right <= left:
+        raise QueryError(path, f"must have top < bottom and left < right (half-open pixel ranges) (got {value})")
+    return [top, bottom, left, right]
+
+
+def _parse_regions(value: Any, path: str, ctx: _Ctx) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        raise QueryError(path, f"must be a mapping of region names to {{box: ...}} or {{mask: ...}} (got {_show(value)})")
+    out = {}
+    for name, spec in value.items():
+        where = _join(path, str(name))
+        if not isinstance(name, str) or not name:
+            raise QueryError(path, f"region names must be strings (got {_show(name)})")
+        region = REGION_SCHEMA.parse(spec, where, ctx, what="a region")
+        if (region["box"] is None) == (region["mask"] is None):
+            raise QueryError(where, "give exactly one of box: [top, bottom, left, right] or mask: ARRAY")
+        out[name] = region
+    return out
+
+
+OUTPUT_SCHEMA = Schema(
+    (
+        Key("top", _mapping_check(TOP_SCHEMA, "a top-k table"), TOP_SCHEMA.parse({}, "", _Ctx(Path("."))), "the table printed"),
+        Key("save", Bool(), True, "write <out>/<name>.json and <name>.pt"),
+        Key("plots", Bool(), False, "plots (need matplotlib; not drawn yet, see README)"),
+        Key("regions", Custom("a mapping of regions", _parse_regions), {}, "report the sum and |share| of influence per region"),
+    )
+)
+
+QUERY_SCHEMA = Schema(
+    (
+        Key("name", Maybe(Str("a name of letters, digits, '_', '-' or '.'", r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")), None, "names the output files (default query<i>)"),
+        Key("slice", Custom("a layer name or a mapping", _parse_slice), None, "where to cut; null: the input (input influence)"),
+        Key("doi", Custom("a DoI", lambda v, p, c: parse_doi(v, p, c)), REQUIRED, "the distribution of interest, e.g. {kind: line, steps: 32}"),
+        Key("qoi", Custom("a QoI or a list of QoIs", _parse_qois), REQUIRED, "the quantity of interest, e.g. {kind: class, label: 3}"),
+        Key("inputs", Maybe(_mapping_check(INPUTS_SCHEMA, "a selection")), None, "pointwise DoIs: which data points to explain (default: all)"),
+        Key("output", _mapping_check(OUTPUT_SCHEMA, "an output mapping"), OUTPUT_SCHEMA.parse({}, "", _Ctx(Path("."))), "what to print and save"),
+        *(Key(k.name, k.check, None, k.doc) for k in OPTION_KEYS),
+    )
+)
+
+DEFAULTS_SCHEMA = Schema(OPTION_KEYS)
+
+SECTIONS: dict[str, Schema] = {
+    "model": MODEL_SCHEMA,
+    "data": DATA_SCHEMA,
+    "defaults": DEFAULTS_SCHEMA,
+    "queries[]": QUERY_SCHEMA,
+    "queries[].slice": SLICE_SCHEMA,
+    "queries[].inputs": INPUTS_SCHEMA,
+    "queries[].output": OUTPUT_SCHEMA,
+    "queries[].output.top": TOP_SCHEMA,
+    "queries[].output.regions.<name>": REGION_SCHEMA,
+}
+"""Every section's schema, by where it appears in the file (the README lists them all)."""
+
+
+# --- the validated file -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """One validated query: plain values, defaults filled in."""
+
+    index: int
+    name: str
+    slice: dict[str, Any]
+    doi: dict[str, Any]
+    qoi: Any  # a QoI spec, or a list of them
+    inputs: dict[str, Any] | None
+    output: dict[str, Any]
+    options: dict[str, Any]
+
+    @property
+    def path(self) -> str:
+        return f"queries[{self.index}]"
+
+    @property
+    def pointwise(self) -> bool:
+        return DOI_KINDS[self.doi["kind"]].pointwise
+
+    def echo(self) -> dict[str, Any]:
+        """The query as run, with defaults filled in (JSON-ready)."""
+        return _plain(
+            {"name": self.name, "slice": self.slice, "doi": self.doi, "qoi": self.qoi, "inputs": self.inputs, "output": self.output, **self.options}
+        )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass(frozen=True)
+class QueryFile:
+    """A validated query file (nothing imported or loaded yet)."""
+
+    source: str
+    folder: Path
+    model: dict[str, Any]
+    data: dict[str, Any]
+    queries: tuple[QuerySpec, ...]
+
+    def prepare(self, device: str | None = None) -> "Session":
+        """Import the factories and load the model and data (see :class:`Session`)."""
+        return Session(self, device)
+
+
+def _read_yaml(path: Path) -> Any:
+    class _Loader(yaml.SafeLoader):
+        """Safe loading that also refuses duplicate keys."""
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        loader.flatten_mapping(node)
+        seen: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, f"found an unhashable key {_show(key)}", key_node.start_mark) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen[key] = loader.construct_object(value_node, deep=True)
+        return seen
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise QueryError(name, "query file not found") from None
+    except IsADirectoryError:
+        raise QueryError(name, "is a folder, not a query file") from None
+    except UnicodeDecodeError as e:
+        raise QueryError(name, f"is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise QueryError(name, f"cannot read the query file ({e.strerror or e})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as e:
+        where = f" (line {e.problem_mark.line + 1})" if e.problem_mark is not None else ""
+        problem = e.problem or str(e)
+        tag = re.search(r"tag '([^']*)'", problem)
+        if tag and "constructor" in problem:
+            shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            raise QueryError(
+                name,
+                f"YAML tag {shown!r} is not allowed{where}: query files are read with safe loading "
+                "(plain mappings, lists, strings, numbers, booleans); remove the tag",
+            ) from None
+        raise QueryError(name, f"invalid YAML{where}: {problem}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise QueryError(name, f"invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise QueryError(name, "invalid YAML: nested too deeply") from None
+
+
+def load_query_file(path: str | os.PathLike[str]) -> QueryFile:
+    """Read and validate a query file (``yaml.safe_load`` semantics). Raises
+    :class:`QueryError`; imports and loads nothing heavy."""
+    path = Path(path)
+    document = _read_yaml(path)
+    return parse_query(document, path.resolve().parent, source=str(path))
+
+
+_TOP_KEYS = ("model", "data", "defaults", "queries")
+
+
+def parse_query(document: Any, folder: str | os.PathLike[str] = ".", *, source: str = "<query>") -> QueryFile:
+    """Validate a parsed query document; relative paths start from ``folder``."""
+    ctx = _Ctx(Path(folder))
+    if document is None:
+        raise QueryError(source, "the query file is empty; it needs sections model, data and queries")
+    if not isinstance(document, dict):
+        raise QueryError(source, f"a query file must be a mapping with sections model, data and queries (got {_show(document)})")
+    for key in document:
+        if not isinstance(key, str) or key not in _TOP_KEYS:
+            hint = _did_you_mean(key, _TOP_KEYS)
+            raise QueryError(str(key), f"unknown section; {hint}valid sections: {', '.join(_TOP_KEYS)}")
+    for section in ("model", "data", "queries"):
+        if section not in document:
+            raise QueryError(section, "missing section; a query file needs model, data and queries (see README, 'YAML queries')")
+    model = MODEL_SCHEMA.parse(document["model"], "model", ctx, what="a model section")
+    if (model["factory"] is None) == (model["torchscript"] is None):
+        raise QueryError("model", "give exactly one of factory: 'package.module:callable' or torchscript: FILE")
+    if model["torchscript"] is not None:
+        for key in ("weights", "kwargs"):
+            if document["model"].get(key):
+                raise QueryError(_join("model", key), "applies to factory models only; a TorchScript file holds its own weights")
+    data = DATA_SCHEMA.parse(document["data"], "data", ctx, what="a data section")
+    if (data["path"] is None) == (data["factory"] is None):
+        raise QueryError("data", "give exactly one of path: FILE (.npz or .pt) or factory: 'package.module:callable'")
+    if data["path"] is not None and document["data"].get("kwargs"):
+        raise QueryError("data.kwargs", "applies to factory data only")
+    if data["classes"] is not None and data["labels"] is None:
+        raise QueryError("data.classes", "filters by label, but data.labels is null; name the labels array")
+    defaults = DEFAULTS_SCHEMA.parse(document.get("defaults") or {}, "defaults", ctx, what="a defaults section")
+    raw = document["queries"]
+    if not isinstance(raw, list):
+        raise QueryError("queries", f"must be a list of queries (got {_show(raw)})")
+    if not raw:
+        raise QueryError("queries", "the list is empty; add at least one query with doi and qoi")
+    queries = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        path = f"queries[{i}]"
+        q = QUERY_SCHEMA.parse(item, path, ctx, what="a query")
+        name = q["name"] or f"query{i}"
+        if name in names:
+            raise QueryError(_join(path, "name"), f"{name!r} is already the name of queries[{names[name]}]; names must be unique")
+        names[name] = i
+        options = {k.name: defaults[k.name] if q[k.name] is None else q[k.name] for k in OPTION_KEYS}
+        spec = QuerySpec(i, name, q["slice"], q["doi"], q["qoi"], q["inputs"], q["output"], options)
+        _cross_check(spec, q, data)
+        queries.append(spec)
+    return QueryFile(source, ctx.folder, model, data, tuple(queries))
+
+
+def _walk_qois(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield spec
+    if spec["kind"] == "linear":
+        for term in spec["terms"]:
+            yield from _walk_qois(term["qoi"])
+
+
+def _cross_check(spec: QuerySpec, raw: dict[str, Any], data: dict[str, Any]) -> None:
+    """Checks that involve more than one field."""
+    path = spec.path
+    if not spec.pointwise and spec.inputs is not None:
+        raise QueryError(
+            _join(path, "inputs"), f"a {spec.doi['kind']} DoI takes its points from the data section; remove inputs (it applies to point, line and noise)"
+        )
+    if not spec.pointwise and spec.output["top"]["anchor"] != "mean":
+        raise QueryError(_join(path, "output.top.anchor"), f"applies to pointwise DoIs; a {spec.doi['kind']} DoI gives one pooled explanation")
+    inputs = spec.inputs or {}
+    if inputs.get("label") is not None and inputs.get("indices") is not None:
+        raise QueryError(_join(path, "inputs"), "give label or indices, not both")
+    if data["labels"] is None:
+        if spec.doi["kind"] == "class":
+            raise QueryError(_join(path, "doi.label"), "a class DoI needs labels, but data.labels is null")
+        if inputs.get("label") is not None:
+            raise QueryError(_join(path, "inputs.label"), "needs labels, but data.labels is null")
+
+
+# --- loading: the session ------------------------------------------------------------------------
+
+
+def _import(spec: str, path: str, folder: Path) -> Any:
+    """``package.module:attr.attr``; a module that is not importable from ``sys.path`` is
+    looked for in the query file's folder too."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is None or module_name.split(".")[0] != e.name.split(".")[0]:
+                raise
+            sys.path.insert(0, str(folder))
+            try:
+                module = importlib.import_module(module_name)
+            finally:
+                with contextlib.suppress(ValueError):
+                    sys.path.remove(str(folder))
+    except ImportError as e:
+        raise QueryError(path, f"cannot import module {module_name!r} ({e}); is it installed, or next to the query file?") from None
+    except Exception as e:
+        raise QueryError(path, f"importing module {module_name!r} failed: {type(e).__name__}: {e}") from None
+    value: Any = module
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            names = [n for n in dir(value) if not n.startswith("_")]
+            hint = _did_you_mean(part, names)
+            raise QueryError(path, f"{module_name!r} has no attribute {part!r}; {hint}".rstrip("; ").rstrip())
+        value = getattr(value, part)
+    if not callable(value):
+        raise QueryError(path, f"{spec!r} is a {type(value).__name__}, not a callable")
+    return value
+
+
+def _call_factory(fn: Callable[..., Any], kwargs: dict[str, Any], path: str) -> Any:
+    section = path.rpartition(".")[0]
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as e:
+            params = [p.name for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            unknown = [k for k in kwargs if k not in params]
+            if unknown and not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+                hint = _did_you_mean(unknown[0], params)
+                raise QueryError(_join(_join(section, "kwargs"), unknown[0]), f"{fn.__name__}() has no argument {unknown[0]!r}; {hint}it takes: {', '.join(params) or '(nothing)'}") from None
+            raise QueryError(_join(section, "kwargs"), f"{fn.__name__}(): {e}") from None
+    try:
+        return fn(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise QueryError(_join(section, "kwargs"), f"{getattr(fn, '__name__', 'the factory')}() refused its arguments: {e}") from None
+
+
+def _load_state_dict(path: Path, where: str) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise QueryError(
+            where, f"{path.name} cannot be loaded with weights_only=True (it holds Python objects, e.g. a whole pickled model); save model.state_dict() instead"
+        ) from None
+    except Exception as e:
+        raise QueryError(where, f"cannot read {path.name} as a torch file ({type(e).__name__}: {str(e)[:200]})") from None
+    if isinstance(state, dict) and set(state) & {"state_dict", "model_state_dict"} and not all(isinstance(v, Tensor) for v in state.values()):
+        key = "state_dict" if "state_dict" in state else "model_state_dict"
+        state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise QueryError(where, f"{path.name} is not a state_dict (a mapping of parameter names to tensors); save model.state_dict()")
+    return state
+
+
+def _fit_weights(model: nn.Module, state: dict[str, Tensor], where: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            parts.append("shape mismatch (file vs model): " + ", ".join(mismatched[:4]) + (" ..." if len(mismatched) > 4 else ""))
+        if missing:
+            parts.append("missing in the file: " + ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else ""))
+        if unexpected:
+            parts.append("not in the model: " + ", ".join(unexpected[:6]) + (" ..." if len(unexpected) > 6 else ""))
+        raise QueryError(where, "the weights do not fit the model: " + "; ".join(parts) + "; check model.factory and model.kwargs")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise QueryError(where, f"the weights do not fit the model: {e}") from None
+
+
+def load_model(spec: dict[str, Any], folder: Path) -> nn.Module:
+    """The model of a validated ``model`` section, in eval mode, on the CPU."""
+    if spec["torchscript"] is not None:
+        path = spec["torchscript"]
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:
+            raise QueryError("model.torchscript", f"cannot load {path.name} as TorchScript ({type(e).__name__}: {str(e)[:200]})") from None
+        return model.eval()
+    fn = _import(spec["factory"], "model.factory", folder)
+    model = _call_factory(fn, spec["kwargs"], "model.factory")
+    if not isinstance(model, nn.Module):
+        raise QueryError("model.factory", f"{spec['factory']!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    if spec["weights"] is not None:
+        _fit_weights(model, _load_state_dict(spec["weights"], "model.weights"), "model.weights")
+    return model.eval()
+
+
+def _as_tensor(value: Any, name: str, where: str) -> Tensor:
+    try:
+        return torch.as_tensor(value).clone() if not isinstance(value, Tensor) else value
+    except Exception:
+        raise QueryError(where, f"array {name!r} is a {type(value).__name__}, not an array of numbers") from None
+
+
+def _read_arrays(path: Path, where: str) -> dict[str, Any]:
+    try:
+        if path.suffix.lower() in (".npz", ".npy"):
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as found:
+                return {k: found[k] for k in found.files} if hasattr(found, "files") else {"": np.asarray(found)}
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise QueryError(where, f"{path.name} holds objects that weights_only=True refuses (e.g. numpy arrays or pickled classes); save a dict of tensors") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
+        raise QueryError(where, f"cannot read {path.name} ({type(e).__name__}: {str(e)[:200]})") from None
+    if isinstance(loaded, Tensor):
+        return {"": loaded}
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+        raise QueryError(where, f"{path.name} must hold a dict of named tensors, e.g. torch.save({{'x': x, 'y': y}}, path) (got {type(loaded).__name__})")
+    return dict(loaded)
+
+
+def _array_file(spec: dict[str, Any], where: str) -> Tensor:
+    arrays = _read_arrays(spec["file"], _join(where, "file"))
+    key = spec["key"]
+    if key is None:
+        if len(arrays) != 1:
+            raise QueryError(_join(where, "key"), f"{spec['file'].name} holds several arrays ({', '.join(sorted(arrays))}); name one with key:")
+        key = next(iter(arrays))
+    elif key not in arrays:
+        hint = _did_you_mean(key, list(arrays))
+        raise QueryError(_join(where, "key"), f"no array {key!r} in {spec['file'].name}; {hint}arrays: {', '.join(sorted(arrays))}")
+    return _as_tensor(arrays[key], key, where)
+
+
+@dataclass
+class Data:
+    """The data section, loaded: ``x`` ``(N, ...)`` float inputs, ``y`` ``(N,)`` int64
+    labels or ``None``, and every named array (rows already filtered by ``classes``)."""
+
+    x: Tensor
+    y: Tensor | None
+    arrays: dict[str, Tensor]
+    rows: int
+
+    def array(self, name: str, where: str) -> Tensor:
+        if name not in self.arrays:
+            hint = _did_you_mean(name, list(self.arrays))
+            raise QueryError(where, f"no array {name!r} in the data; {hint}arrays: {', '.join(sorted(self.arrays))}")
+        return self.arrays[name]
+
+
+def load_data(spec: dict[str, Any], folder: Path) -> Data:
+    """The data of a validated ``data`` section."""
+    if spec["path"] is not None:
+        raw = _read_arrays(spec["path"], "data.path")
+        source = spec["path"].name
+    else:
+        fn = _import(spec["factory"], "data.factory", folder)
+        raw = _call_factory(fn, spec["kwargs"], "data.factory")
+        source = spec["factory"]
+        if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
+            raise QueryError("data.factory", f"{source!r} returned a {type(raw).__name__}; a data factory returns a dict of named arrays, e.g. {{'x': x, 'y': y}}")
+    arrays = {k: _as_tensor(v, k, "data") for k, v in raw.items()}
+    names = sorted(arrays)
+
+    def pick(name: str, where: str) -> Tensor:
+        if name not in arrays:
+            hint = _did_you_mean(name, names)
+            raise QueryError(where, f"no array {name!r} in {source}; {hint}arrays: {', '.join(names) or '(none)'}")
+        return arrays[name]
+
+    x = pick(spec["inputs"], "data.inputs")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise QueryError("data.inputs", f"array {spec['inputs']!r} must be a batch of points (N, ...) with N >= 1 (got shape {tuple(x.shape)})")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise QueryError("data.inputs", f"array {spec['inputs']!r} has dtype {x.dtype}; inputs must be real numbers")
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    y = None
+    if spec["labels"] is not None:
+        if spec["labels"] in arrays or spec["labels"] != "y":
+            y = pick(spec["labels"], "data.labels")
+            if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise QueryError(
+                    "data.labels", f"array {spec['labels']!r} must hold {x.shape[0]} int labels, shape ({x.shape[0]},) (got {tuple(y.shape)} {y.dtype})"
+                )
+            y = y.long()
+    arrays[spec["inputs"]] = x
+    if spec["classes"] is not None:
+        assert y is not None
+        present = sorted(set(torch.unique(y).tolist()))
+        for i, c in enumerate(spec["classes"]):
+            if c not in present:
+                raise QueryError(f"data.classes[{i}]", f"class {c} is not in the data (labels present: {present[:20]})")
+        keep = torch.isin(y, torch.tensor(spec["classes"]))
+        n = x.shape[0]
+        arrays = {k: (v[keep] if v.ndim >= 1 and v.shape[0] == n else v) for k, v in arrays.items()}
+        x, y = arrays[spec["inputs"]], y[keep]
+    if y is not None:
+        arrays[spec["labels"]] = y
+    return Data(x, y, arrays, x.shape[0])
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    return None if name is None else getattr(torch, name)
+
+
+class Session:
+    """A query file with its model and data loaded; :meth:`build` makes each query."""
+
+    def __init__(self, file: QueryFile, device: str | None = None) -> None:
+        self.file = file
+        if device is not None:
+            device = _parse_device(device, "--device", _Ctx(file.folder))
+            _check_device(device, "--device")
+        self.device = device
+        self.model = load_model(file.model, file.folder)
+        self.data = load_data(file.data, file.folder)
+        if device is not None:
+            self.model.to(device)
+        self._probe_output: Any = None
+        with torch.no_grad():
+            try:
+                self._probe_output = self.model(self.as_model_input(self.data.x[:1]))
+            except Exception as e:
+                raise QueryError(
+                    "data.inputs", f"the model cannot run on one point of shape {tuple(self.data.x.shape[1:])}: {type(e).__name__}: {str(e)[:200]}"
+                ) from None
+        self.is_script = isinstance(self.model, torch.jit.ScriptModule)
+
+    def _model_device(self) -> torch.device:
+        for t in [*self.model.parameters(), *self.model.buffers()]:
+            return t.device
+        return torch.device("cpu")
+
+    def as_model_input(self, x: Tensor) -> Tensor:
+        """``x`` on the model's device, in its floating dtype (as the engine would pass it)."""
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), x.dtype)
+        return x.to(device=self._model_device(), dtype=dtype)
+
+    def build(self, index: int) -> "BuiltQuery":
+        """Query ``index`` as library objects, checked against the model and the data."""
+        return _QueryBuilder(self, self.file.queries[index]).build()
+
+
+def _check_device(device: str, where: str) -> None:
+    try:
+        torch.empty(0, device=device)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise QueryError(where, f"device {device!r} is not available here ({first}); use 'cpu'") from None
+
+
+@dataclass
+class BuiltQuery:
+    """One query, ready to run: the arguments of :func:`influence.internal_influence`."""
+
+    spec: QuerySpec
+    slice: Slice
+    qoi: Any  # a QoI, or a list of them
+    doi: Any
+    inputs: Tensor | None
+    rows: Tensor  # the data rows the anchors come from, in order
+    data: Data
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def qois(self) -> list[QuantityOfInterest]:
+        return self.qoi if isinstance(self.qoi, list) else [self.qoi]
+
+    def run(self, *, progress: bool = False) -> list[InfluenceResult]:
+        """Run the query; one result per QoI. Library errors that name an argument are
+        :class:`QueryError` at the matching field; anything else propagates."""
+        try:
+            result = internal_influence(self.slice, self.qoi, self.doi, self.inputs, progress=progress, **self.options)
+        except (ValueError, TypeError) as e:
+            arg = str(e).partition(":")[0]
+            fields = {"qoi": "qoi", "inputs": "inputs", "device": "device", "dtype": "dtype", "batch_size": "batch_size", "seed": "seed", "doi": "doi"}
+            if arg in fields:
+                raise QueryError(_join(self.spec.path, fields[arg]), str(e).partition(":")[2].strip()) from None
+            raise
+        return result if isinstance(result, list) else [result]
+
+
+class _QueryBuilder(_Builder):
+    """Builds one query against a :class:`Session`."""
+
+    def __init__(self, session: Session, spec: QuerySpec) -> None:
+        self.session, self.spec, self.data = session, spec, session.data
+        self.model = session.model
+        self.rows = torch.arange(self.data.rows)
+        self.slice: Slice | None = None
+
+    # _Builder interface -------------------------------------------------------------------
+    def imported(self, spec: str, path: str) -> Any:
+        return _import(spec, path, self.session.file.folder)
+
+    def labels(self, path: str) -> Tensor:
+        """The data's labels, or a QueryError at ``path`` when it has none."""
+        if self.data.y is None:
+            name = self.session.file.data["labels"]
+            raise QueryError(path, f"needs labels, but the data has no array {name!r}; name the labels array with data.labels")
+        return self.data.y
+
+    def population_data(self, path: str, label: int | None) -> Any:
+        data = self.data
+        if label is not None:
+            self.labels(_join(path, "label"))
+            assert data.y is not None
+            if not bool((data.y == label).any()):
+                present = sorted(set(data.y.tolist()))
+                raise QueryError(_join(path, "label"), f"class {label} is not in the data (labels present: {present[:20]})")
+            return (data.x, data.y)
+        return data.x if data.y is None else (data.x, data.y)
+
+    def baseline(self, spec: Any, path: str, space: str) -> Any:
+        assert self.slice is not None
+        in_slice = space == "slice" and not self.slice.is_input
+        anchor_x = self.session.as_model_input(self.data.x[self.rows[:1]])
+        with torch.no_grad():
+            anchor = self.slice.h(anchor_x) if in_slice else anchor_x
+        value = self._baseline_value(spec, path, in_slice)
+        if isinstance(value, Tensor) and value.ndim == anchor.ndim and value.shape[0] == self.data.rows and value.shape[0] != 1:
+            value = value[self.rows]  # one row per data point: keep the anchors' rows, in order
+        ids = torch.tensor([self.rows.shape[0] - 1])
+        check = value
+        if callable(value) and not isinstance(value, Tensor):
+            check = _safe_callable(value, path)
+        with _at(path):
+            resolve_baseline(check, anchor, ids, "baseline", "slice" if in_slice else "input")
+        return value
+
+    # ------------------------------------------------------------------------------------
+    def _baseline_value(self, spec: Any, path: str, in_slice: bool) -> Any:
+        if isinstance(spec, float):
+            return spec
+        kind = next(iter(k for k in spec if k != "key"))
+        where = _join(path, kind)
+        if kind == "mean":
+            x = self.data.x if spec["mean"] == "data" else self.data.array(spec["mean"], where)
+            return x.double().mean(0, keepdim=True).to(self.data.x.dtype)
+        if kind == "array":
+            return self.data.array(spec["array"], where).to(self.data.x.dtype)
+        if kind == "file":
+            return _array_file(spec, path).to(self.data.x.dtype)
+        if kind == "callable":
+            return self.imported(spec["callable"], where)
+        inner = self._baseline_value(spec["activation_of"], where, False)
+        assert self.slice is not None
+        point = tuple(self.data.x.shape[1:])
+        if isinstance(inner, float):
+            inner = torch.full((1, *point), inner, dtype=self.data.x.dtype)
+        elif callable(inner) and not isinstance(inner, Tensor):
+            raise QueryError(where, "a callable baseline cannot be wrapped in activation_of; return the activation from the callable itself")
+        elif inner.ndim == len(point) and tuple(inner.shape) == point:
+            inner = inner[None]
+        if inner.ndim != len(point) + 1 or tuple(inner.shape[1:]) != point:
+            raise QueryError(where, f"an input baseline of shape {tuple(inner.shape)} does not fit inputs of shape {point}")
+        if inner.shape[0] == self.data.rows and inner.shape[0] != 1:
+            inner = inner[self.rows]
+        with torch.no_grad(), _at(where):
+            return self.slice.h(self.session.as_model_input(inner))
+
+    def _select_inputs(self) -> Tensor:
+        spec, data, path = self.spec.inputs or {}, self.data, _join(self.spec.path, "inputs")
+        rows = torch.arange(data.rows)
+        if spec.get("label") is not None:
+            rows = torch.nonzero(self.labels(_join(path, "label")) == spec["label"]).flatten()
+            if rows.numel() == 0:
+                present = sorted(set(data.y.tolist()))
+                raise QueryError(_join(path, "label"), f"class {spec['label']} is not in the data (labels present: {present[:20]})")
+        if spec.get("indices") is not None:
+            for i, j in enumerate(spec["indices"]):
+                if j >= data.rows:
+                    raise QueryError(_join(_join(path, "indices"), i), f"index {j} is out of range: the data has {data.rows} points")
+            rows = torch.tensor(spec["indices"], dtype=torch.long)
+        if spec.get("limit") is not None:
+            rows = rows[: spec["limit"]]
+        return rows
+
+    def build(self) -> BuiltQuery:
+        spec, session = self.spec, self.session
+        path = spec.path
+        options = dict(spec.options)
+        if session.device is not None:
+            options["device"] = session.device
+        if options["device"] is not None:
+            _check_device(options["device"], _join(path, "device"))
+        options["dtype"] = _dtype(options["dtype"])
+        # the slice
+        layer = spec.slice["layer"]
+        if layer is not None and session.is_script:
+            raise QueryError(
+                _join(path, "slice"),
+                "a TorchScript model can be explained at its input only (slice: null): hooks cannot reach inside it; "
+                "load the model with factory: to cut at a layer",
+            )
+        with _at(_join(path, "slice.layer") if layer is not None else _join(path, "slice")):
+            cut = Cut(layer, spec.slice["at"]) if layer is not None else None
+            self.slice = Slice(self.model, cut, realisation=spec.slice["realisation"])
+        # which points
+        kind = spec.doi["kind"]
+        if spec.pointwise:
+            self.rows = self._select_inputs()
+        elif kind == "class":
+            self.rows = torch.nonzero(self.labels(_join(path, "doi.label")) == spec.doi["label"]).flatten()
+        doi_path = _join(path, "doi")
+        with _at(doi_path):
+            doi = DOI_KINDS[kind].build(spec.doi, doi_path, self)
+        inputs = self.data.x[self.rows] if spec.pointwise else None
+        # the QoIs, tried on one point
+        qoi_path = _join(path, "qoi")
+        specs = spec.qoi if isinstance(spec.qoi, list) else [spec.qoi]
+        qois = []
+        for i, q in enumerate(specs):
+            where = _join(qoi_path, i) if isinstance(spec.qoi, list) else qoi_path
+            with _at(where):
+                built = _build_qoi(q, where, self)
+            self._try_qoi(built, q, where)
+            qois.append(built)
+        qoi: Any = qois if isinstance(spec.qoi, list) else qois[0]
+        if spec.output["top"]["anchor"] != "mean" and inputs is not None and spec.output["top"]["anchor"] >= inputs.shape[0]:
+            raise QueryError(_join(path, "output.top.anchor"), f"is {spec.output['top']['anchor']} but the query explains {inputs.shape[0]} points")
+        return BuiltQuery(spec, self.slice, qoi, doi, inputs, self.rows, self.data, options)
+
+    def _try_qoi(self, qoi: QuantityOfInterest, spec: dict[str, Any], path: str) -> None:
+        """Evaluate the QoI on the model's output for one point, so that a class out of
+        range, a wrong neuron index or an output selector that selects nothing is reported
+        now, against the field that says it."""
+        layers = list(qoi.layers)
+        if layers and self.session.is_script:
+            raise QueryError(path, "a neuron QoI records a layer with hooks, which TorchScript models do not support; load the model with factory:")
+        store: dict[str, Tensor] = {}
+        handles = []
+        try:
+            for name in layers:
+                neuron_path = _neuron_path(spec, name, path)
+                with _at(neuron_path):
+                    module = find_module(self.model, name, what="neuron")
+                handles.append(module.register_forward_hook(lambda m, a, out, name=name: store.__setitem__(name, out)))
+            x = self.session.as_model_input(self.data.x[self.rows[:1]])
+            with torch.no_grad():
+                out = self.model(x)
+            with _at(path):
+                qoi(out, QoIContext(store, anchor_output=out))
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _neuron_path(spec: dict[str, Any], layer: str, path: str) -> str:
+    if spec["kind"] == "neuron":
+        return _join(path, "layer")
+    if spec["kind"] == "linear":
+        for i, term in enumerate(spec["terms"]):
+            where = _join(_join(_join(path, "terms"), i), "qoi")
+            if any(s["kind"] == "neuron" and s["layer"] == layer for s in _walk_qois(term["qoi"])):
+                return _neuron_path(term["qoi"], layer, where)
+    return path
+
+
+def _safe_callable(fn: Callable[[Tensor], Tensor], path: str) -> Callable[[Tensor], Tensor]:
+    def call(anchors: Tensor) -> Tensor:
+        try:
+            return fn(anchors)
+        except Exception as e:
+            raise QueryError(path, f"the baseline callable failed on the inputs: {type(e).__name__}: {e}") from None
+
+    return call
+
+
+# --- summaries of results: top-k and regions ------------------------------------------------------
+
+
+def mean_over_anchors(result: InfluenceResult) -> InfluenceResult:
+    """A pointwise result's mean over its anchors, as a pooled result; the standard error
+    of the mean is ``sqrt(Σ stderr²) / N`` (independent Monte Carlo errors)."""
+    n = result.values.shape[0]
+    channel = None if result.channel_stderr is None else result.channel_stderr.pow(2).sum(0).sqrt() / n
+    return InfluenceResult(
+        values=result.values.mean(0),
+        stderr=result.stderr.pow(2).sum(0).sqrt() / n,
+        samples=result.samples,
+        anchors=result.anchors,
+        pooled=True,
+        query=result.query,
+        channel_stderr=channel,
+    )
+
+
+def top_table(result: InfluenceResult, top: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ranked rows of ``output.top`` as ``{rank, index, value, stderr}``."""
+    anchor = top["anchor"]
+    if not result.pooled and anchor == "mean" and result.values.shape[0] > 1:
+        ranked = mean_over_anchors(result).top(top["k"], by=top["by"], agg=top["agg"], absolute=top["absolute"])
+    else:
+        which = None if result.pooled else (0 if anchor == "mean" else anchor)
+        ranked = result.top(top["k"], by=top["by"], agg=top["agg"], absolute=top["absolute"], anchor=which)
+    return [
+        {"rank": i, "index": list(r.index) if isinstance(r.index, tuple) else r.index, "value": r.value, "stderr": r.stderr}
+        for i, r in enumerate(ranked, 1)
+    ]
+
+
+def region_table(built: BuiltQuery, result: InfluenceResult, regions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per region: the sum of influence in it and its share of the total |influence|
+    (per point, then averaged over the points for a pointwise result)."""
+    values = result.values if not result.pooled else result.values[None]
+    unit = tuple(values.shape[1:])
+    path = _join(built.spec.path, "output.regions")
+    rows = []
+    total = values.abs().flatten(1).sum(1)
+    for name, region in regions.items():
+        where = _join(path, name)
+        if len(unit) < 2:
+            raise QueryError(where, f"regions need units with at least two dims (H, W); the unit shape is {unit}")
+        if region["box"] is not None:
+            top, bottom, left, right = region["box"]
+            h, w = unit[-2:]
+            if bottom > h or right > w:
+                raise QueryError(_join(where, "box"), f"{region['box']} does not fit units of spatial shape ({h}, {w})")
+            mask = torch.zeros(unit[-2:], dtype=torch.bool)
+            mask[top:bottom, left:right] = True
+            mask = mask.expand(values.shape)
+        else:
+            mask = built.data.array(region["mask"], _join(where, "mask"))
+            if mask.dtype != torch.bool:
+                raise QueryError(_join(where, "mask"), f"array {region['mask']!r} must be bool (got {mask.dtype})")
+            if not result.pooled and mask.ndim >= 1 and mask.shape[0] == built.data.rows and mask.ndim in (3, len(unit) + 1):
+                mask = mask[built.rows]
+                mask = mask if mask.ndim == len(unit) + 1 else mask.view(mask.shape[0], *([1] * (len(unit) - 2)), *mask.shape[1:])
+            try:
+                mask = torch.broadcast_to(mask, values.shape)
+            except RuntimeError:
+                per_point = " one per point," if not result.pooled else ""
+                raise QueryError(
+                    _join(where, "mask"), f"array {region['mask']!r} of shape {tuple(mask.shape)} does not fit units of shape {unit}; give (H, W),{per_point} or the unit shape"
+                ) from None
+        if region["invert"]:
+            mask = ~mask
+        inside = torch.where(mask, values, torch.zeros((), dtype=values.dtype))
+        sums = inside.flatten(1).sum(1)
+        share = inside.abs().flatten(1).sum(1) / total.clamp_min(torch.finfo(values.dtype).tiny)
+        rows.append({"region": name, "sum": float(sums.mean()), "share": float(share.mean()), "units": int(mask[0].sum())})
+    return rows

@@ -111,6 +111,7 @@ class _Query:
         dtype: Any,
         multiply_activation: bool,
         seed: Any,
+        channels_last: Any = None,
     ) -> None:
         if isinstance(slice, nn.Module):
             raise TypeError("slice: expected a slices.Slice (got an nn.Module); use Slice(model, layer) or input_influence(model, ...)")
@@ -150,6 +151,9 @@ class _Query:
             raise ValueError(f"batch_size: must be >= 1 (got {batch_size})")
         if not isinstance(multiply_activation, bool):
             raise TypeError(f"multiply_activation: expected a bool (got {type(multiply_activation).__name__})")
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise TypeError(f"channels_last: expected None, True or False (got {channels_last!r})")
+        self.channels_last = channels_last
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
         elif isinstance(seed, bool) or not isinstance(seed, int):
@@ -204,6 +208,7 @@ def internal_influence(
     multiply_activation: bool = False,
     seed: int | None = None,
     progress: bool = False,
+    channels_last: bool | None = None,
 ) -> InfluenceResult | list[InfluenceResult]:
     """Influence of ``qoi`` at the cut of ``slice`` under ``doi``.
 
@@ -224,13 +229,16 @@ def internal_influence(
         seed: seeds the DoI's random draws (drawn from torch's RNG when ``None``;
             recorded in ``result.query``). The same seed gives the same result.
         progress: show a progress bar over the anchors (tqdm when installed).
+        channels_last: feed 4-D sample batches to the model in channels-last layout
+            (faster convolutions on CPU). ``None`` (default): on CPU, falling back to
+            the default layout if the model fails on the first batch; ``False``: never.
 
     Returns:
         :class:`InfluenceResult` (a list of them for a list of QoIs): ``values`` of shape
         ``(N, *unit)`` for a pointwise DoI, ``unit`` for a population DoI, where ``unit``
         is the shape of ``h(x)`` for one point.
     """
-    query = _Query(slice, qoi, doi, inputs, batch_size, device, dtype, multiply_activation, seed)
+    query = _Query(slice, qoi, doi, inputs, batch_size, device, dtype, multiply_activation, seed, channels_last)
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool (got {type(progress).__name__})")
     bar = progress_bar(progress, query.size_hint())
@@ -303,6 +311,9 @@ class _Integrator:
         self.layers = list(dict.fromkeys(name for q in query.qois for name in q.layers))
         cut = self.slice.cut
         self.cut_layer = cut.layer if cut is not None and cut.at == "output" and cut.layer in self.layers else None
+        self.first_batch = True
+        auto = query.channels_last is None and query.device.type == "cpu"
+        self.channels_last: bool | str = "auto" if auto else bool(query.channels_last)
         self.accumulators = [ChunkAccumulator(self.each.samples, self.each.groups) for _ in query.qois]
         self.sinks: list[PopulationMoments | PerPointResults]
         if query.population is not None:
@@ -377,7 +388,9 @@ class _Integrator:
 
     def _integrate(self, chunk: _Chunk) -> None:
         """All sample rows of a chunk, ``batch_size`` at a time. On a CUDA out-of-memory
-        error the batch size is halved (with a warning) and the batch retried."""
+        error the batch size is halved (with a warning) and the batch retried. If the
+        model fails on the very first batch with channels-last inputs chosen
+        automatically, the batch is retried in the default layout."""
         total = chunk.x.shape[0] * self.each.samples
         start = 0
         while start < total:
@@ -391,6 +404,12 @@ class _Integrator:
                 warnings.warn(f"influence: CUDA out of memory; batch_size halved to {self.batch_size}", RuntimeWarning, stacklevel=4)
                 torch.cuda.empty_cache()
                 continue
+            except Exception:
+                if not (self.channels_last == "auto" and self.first_batch):
+                    raise
+                self.channels_last = False
+                continue
+            self.first_batch = False
             for acc, grad in zip(self.accumulators, grads):
                 acc.add(grad, start, stop)
             start = stop
@@ -400,6 +419,8 @@ class _Integrator:
         from one forward pass."""
         rows = Rows.build(start, stop, self.each.samples, chunk.first_id, chunk.x.device)
         points, weights = self.each.draw(chunk.anchors, chunk.reference, rows, self.query.seed)
+        if self.channels_last and points.ndim == 4:
+            points = points.contiguous(memory_format=torch.channels_last)
         self.activations.clear()
         if self.in_slice_space:
             z = points.detach().requires_grad_(True)

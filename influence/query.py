@@ -1039,8 +1039,9 @@ def _import(spec: str, path: str, folder: Path) -> Any:
     return value
 
 
-def _call_factory(fn: Callable[..., Any], kwargs: dict[str, Any], path: str) -> Any:
-    section = path.rpartition(".")[0]
+def _call_factory(fn: Callable[..., Any], kwargs: dict[str, Any], kwargs_path: str) -> Any:
+    """``fn(**kwargs)``; arguments it does not take, and ``ValueError``/``TypeError`` it
+    raises, are :class:`QueryError` at ``kwargs_path``."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -1053,12 +1054,12 @@ def _call_factory(fn: Callable[..., Any], kwargs: dict[str, Any], path: str) -> 
             unknown = [k for k in kwargs if k not in params]
             if unknown and not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
                 hint = _did_you_mean(unknown[0], params)
-                raise QueryError(_join(_join(section, "kwargs"), unknown[0]), f"{fn.__name__}() has no argument {unknown[0]!r}; {hint}it takes: {', '.join(params) or '(nothing)'}") from None
-            raise QueryError(_join(section, "kwargs"), f"{fn.__name__}(): {e}") from None
+                raise QueryError(_join(kwargs_path, unknown[0]), f"{fn.__name__}() has no argument {unknown[0]!r}; {hint}it takes: {', '.join(params) or '(nothing)'}") from None
+            raise QueryError(kwargs_path, f"{getattr(fn, '__name__', 'the factory')}(): {e}") from None
     try:
         return fn(**kwargs)
     except (ValueError, TypeError) as e:
-        raise QueryError(_join(section, "kwargs"), f"{getattr(fn, '__name__', 'the factory')}() refused its arguments: {e}") from None
+        raise QueryError(kwargs_path, f"{getattr(fn, '__name__', 'the factory')}() refused its arguments: {e}") from None
 
 
 def _load_state_dict(path: Path, where: str) -> dict[str, Tensor]:
@@ -1108,7 +1109,7 @@ def load_model(spec: dict[str, Any], folder: Path) -> nn.Module:
             raise QueryError("model.torchscript", f"cannot load {path.name} as TorchScript ({type(e).__name__}: {str(e)[:200]})") from None
         return model.eval()
     fn = _import(spec["factory"], "model.factory", folder)
-    model = _call_factory(fn, spec["kwargs"], "model.factory")
+    model = _call_factory(fn, spec["kwargs"], "model.kwargs")
     if not isinstance(model, nn.Module):
         raise QueryError("model.factory", f"{spec['factory']!r} returned a {type(model).__name__}, not a torch.nn.Module")
     if spec["weights"] is not None:
@@ -1179,7 +1180,7 @@ def load_data(spec: dict[str, Any], folder: Path) -> Data:
         source = spec["path"].name
     else:
         fn = _import(spec["factory"], "data.factory", folder)
-        raw = _call_factory(fn, spec["kwargs"], "data.factory")
+        raw = _call_factory(fn, spec["kwargs"], "data.kwargs")
         source = spec["factory"]
         if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
             raise QueryError("data.factory", f"{source!r} returned a {type(raw).__name__}; a data factory returns a dict of named arrays, e.g. {{'x': x, 'y': y}}")

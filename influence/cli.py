@@ -1,0 +1,328 @@
+"""The ``influence`` command line (also ``python -m influence``).
+
+``influence run QUERY.yaml`` runs the queries of a YAML file and prints a table per
+query; ``influence validate QUERY.yaml`` checks a file without loading anything heavy;
+``influence layers MODEL`` lists a model's layers with their output shapes. Exit codes:
+0 success, 2 a bad query (one line naming the field: ``error: queries[1].doi.steps:
+must be an int >= 1 (got -3)``), 1 a failure while computing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .query import BuiltQuery, QueryError, Session, load_data, load_model, load_query_file, region_table, top_table
+from .result import InfluenceResult
+
+EPILOG = """\
+examples:
+  influence run examples/top_neurons.yaml              run every query, print tables,
+                                                       write out/top_neurons/*.json|*.pt
+  influence run audit.yaml --out results --quiet      only the one-line summary
+  influence run ig.yaml --device cuda                 compute on the GPU
+  influence validate examples/background_audit.yaml    check a file; loads nothing heavy
+  influence layers examples/top_neurons.yaml           the layers of a query file's model
+  influence layers torchvision.models:resnet18 --input-shape 3,224,224
+  influence layers model.pt --input-shape 3,32,32      a TorchScript file
+
+exit codes: 0 success, 2 bad query or arguments, 1 failure while computing.
+The query schema is in the README, section "YAML queries and the command line".
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="influence",
+        description="Influence-directed explanations of PyTorch models, from YAML query files.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="print the Python traceback of a failure")
+    sub = parser.add_subparsers(dest="command", metavar="{run,validate,layers}")
+
+    run = sub.add_parser(
+        "run",
+        help="run the queries of a YAML file",
+        description="Run every query of QUERY.yaml: print a top-k table per query and write "
+        "<out>/<name>.json (the query as run and its top-k) and <out>/<name>.pt (the full result, "
+        "InfluenceResult.load) for each query with output.save (the default).",
+        epilog="example:\n  influence run examples/top_neurons.yaml --out results\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("query", metavar="QUERY.yaml")
+    run.add_argument("--device", help="compute on this device for every query (cpu, cuda, cuda:1, ...)")
+    run.add_argument("--out", metavar="DIR", help="where result files go (default: out/<QUERY file name>)")
+    run.add_argument("--quiet", action="store_true", help="no tables and no progress bar; only the summary line")
+    run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    run.set_defaults(handler=_run)
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a YAML file without running it",
+        description="Check the whole of QUERY.yaml — sections, keys, types, kinds, that files exist — "
+        "without importing the model or loading weights or data.",
+        epilog="example:\n  influence validate examples/background_audit.yaml\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    validate.add_argument("query", metavar="QUERY.yaml")
+    validate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    validate.set_defaults(handler=_validate)
+
+    layers = sub.add_parser(
+        "layers",
+        help="list a model's layers and their output shapes",
+        description="List the dotted names (usable as a query's slice), types and output shapes "
+        "(for one point) of MODEL's modules, from one forward pass on a random input. MODEL is "
+        "'package.module:factory' (with --kwargs), a TorchScript file, or a query YAML (its model "
+        "section; the input shape comes from its data).",
+        epilog="examples:\n  influence layers influence.synthetic:small_cnn --input-shape 3,16,16\n"
+        "  influence layers model.pt --input-shape 3,32,32\n  influence layers examples/top_neurons.yaml\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    layers.add_argument("model", metavar="MODEL")
+    layers.add_argument("--kwargs", default="{}", help="factory keyword arguments as JSON, e.g. '{\"classes\": 10}'")
+    layers.add_argument("--weights", help="a state_dict file for a factory model (weights_only=True)")
+    layers.add_argument("--input-shape", help="one point's shape, e.g. 3,32,32 (default for a query YAML: its data's)")
+    layers.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    layers.set_defaults(handler=_layers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error (argparse exits with 2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args))
+    except QueryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a failure while computing
+        if args.debug:
+            traceback.print_exc()
+        context = getattr(e, "_influence_context", "")
+        hint = "" if args.debug else " (--debug shows the traceback)"
+        print(f"error: {context}{type(e).__name__}: {_one_line(str(e))}{hint}", file=sys.stderr)
+        return 1
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- validate ---------------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    qfile = load_query_file(args.query)
+    names = ", ".join(q.name for q in qfile.queries)
+    print(f"ok: {args.query}: {len(qfile.queries)} quer{'y' if len(qfile.queries) == 1 else 'ies'} ({names})")
+    return 0
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    qfile = load_query_file(args.query)
+    out_dir = Path(args.out) if args.out else Path("out") / Path(args.query).stem
+    show = not args.quiet
+    progress = show and sys.stdout.isatty()
+    session = _with_context(lambda: qfile.prepare(device=args.device), "loading the model and data: ")
+    built = [session.build(spec.index) for spec in qfile.queries]  # every query checked before any runs
+    written: list[Path] = []
+    for query in built:
+        results = _with_context(lambda: query.run(progress=progress), f"query {query.spec.name!r} ({query.spec.path}): ")
+        report = _report(query, results)
+        if show:
+            print(_format_report(query, results, report))
+            print()
+        if query.spec.output["save"]:
+            written += _save(query, results, report, out_dir, qfile.source)
+        if query.spec.output["plots"] and show:
+            print(f"note: {query.spec.name}: {_plots_note()}", file=sys.stderr)
+    elapsed = time.perf_counter() - start
+    n = len(built)
+    what = f"ran {n} quer{'y' if n == 1 else 'ies'} in {elapsed:.1f} s"
+    if written:
+        names = ", ".join(p.name for p in written[:6]) + (", ..." if len(written) > 6 else "")
+        print(f"{what}; wrote {len(written)} files to {out_dir}{os.sep} ({names})")
+    else:
+        print(f"{what}; no files written (output.save is false)")
+    return 0
+
+
+def _with_context(fn: Any, context: str) -> Any:
+    try:
+        return fn()
+    except QueryError:
+        raise
+    except Exception as e:
+        e._influence_context = context  # type: ignore[attr-defined]
+        raise
+
+
+def _plots_note() -> str:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "output.plots needs matplotlib (pip install 'influence-directed[plots]'); no plots drawn"
+    return "output.plots is accepted but plots are not drawn yet (they come with a later release)"
+
+
+def _report(query: BuiltQuery, results: list[InfluenceResult]) -> list[dict[str, Any]]:
+    output = query.spec.output
+    report = []
+    for j, result in enumerate(results):
+        entry: dict[str, Any] = {
+            "qoi": result.query.get("qoi"),
+            "doi": result.query.get("doi"),
+            "layer": result.query.get("layer"),
+            "samples": result.samples,
+            "anchors": result.anchors,
+            "pooled": result.pooled,
+            "unit_shape": list(result.unit_shape),
+            "seed": result.query.get("seed"),
+            "top": top_table(result, output["top"]),
+        }
+        if output["regions"]:
+            entry["regions"] = region_table(query, result, output["regions"])
+        report.append(entry)
+    return report
+
+
+def _index(index: Any) -> str:
+    return "(" + ", ".join(map(str, index)) + ")" if isinstance(index, list) else str(index)
+
+
+def _format_report(query: BuiltQuery, results: list[InfluenceResult], report: list[dict[str, Any]]) -> str:
+    spec = query.spec
+    top = spec.output["top"]
+    lines = []
+    for j, (result, entry) in enumerate(zip(results, report)):
+        where = f"layer {entry['layer']!r}" if entry["layer"] else "the input"
+        units = "channels" if top["by"] == "channel" else "units"
+        if result.pooled:
+            over = f"pooled over {result.anchors} points"
+        elif result.anchors == 1 or top["anchor"] != "mean":
+            over = f"point {0 if top['anchor'] == 'mean' else top['anchor']} of {result.anchors}"
+        else:
+            over = f"mean over {result.anchors} points"
+        label = spec.name if len(results) == 1 else f"{spec.name}[{j}]"
+        lines.append(f"{label}: top {len(entry['top'])} {units} of {where} for {entry['qoi']}")
+        lines.append(f"  {entry['doi']}, {over}, {result.samples} samples, seed {entry['seed']}")
+        head = "channel" if top["by"] == "channel" else "unit"
+        cells = [(str(row["rank"]), _index(row["index"]), f"{row['value']:+.4e}", f"{row['stderr']:.2e}") for row in entry["top"]]
+        w_unit = max([len(head)] + [len(c[1]) for c in cells])
+        w_rank = max([4] + [len(c[0]) for c in cells])
+        lines.append(f"  {'rank':>{w_rank}}  {head:<{w_unit}}  {'influence':>11}  {'stderr':>8}")
+        for rank, unit, value, stderr in cells:
+            lines.append(f"  {rank:>{w_rank}}  {unit:<{w_unit}}  {value:>11}  {stderr:>8}")
+        for region in entry.get("regions", []):
+            if region is entry["regions"][0]:
+                w = max(6, *(len(r["region"]) for r in entry["regions"]))
+                lines.append(f"  {'region':<{w}}  {'sum':>11}  {'share of |influence|':>20}  units")
+            lines.append(f"  {region['region']:<{w}}  {region['sum']:>+11.4e}  {100 * region['share']:>19.1f}%  {region['units']}")
+    return "\n".join(lines)
+
+
+def _save(query: BuiltQuery, results: list[InfluenceResult], report: list[dict[str, Any]], out_dir: Path, source: str) -> list[Path]:
+    """``<name>.json`` (the query as run, and per QoI its top-k and regions) and the full
+    results, ``<name>.pt`` (``<name>.<j>.pt`` for the j-th of a list of QoIs)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = query.spec.name
+    files = []
+    for j, (result, entry) in enumerate(zip(results, report)):
+        path = out_dir / (f"{name}.pt" if len(results) == 1 else f"{name}.{j}.pt")
+        result.save(path)
+        entry["file"] = path.name
+        files.append(path)
+    payload = {"name": name, "query_file": source, "query": query.spec.echo(), "results": report}
+    json_path = out_dir / f"{name}.json"
+    json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    return [json_path, *files]
+
+
+# --- layers -----------------------------------------------------------------------------------
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    parts = text.replace("x", ",").replace("(", "").replace(")", "").split(",")
+    try:
+        shape = tuple(int(p) for p in parts if p.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise QueryError("--input-shape", f"must be positive ints separated by commas, e.g. 3,32,32 (got {text!r})")
+    return shape
+
+
+def _layers(args: argparse.Namespace) -> int:
+    from . import query as q
+    from ._layers import describe_layers, format_layers
+
+    spec = args.model
+    shape = _parse_shape(args.input_shape) if args.input_shape else None
+    example = None
+    if spec.lower().endswith((".yaml", ".yml")):
+        qfile = load_query_file(spec)
+        model = load_model(qfile.model, qfile.folder)
+        if shape is None:
+            example = load_data(qfile.data, qfile.folder).x[:1]
+    elif os.path.exists(spec) or ":" not in spec:
+        path = Path(spec)
+        if not path.is_file():
+            raise QueryError("MODEL", f"{spec!r} is neither a file nor an import path 'package.module:factory'")
+        model = load_model({"torchscript": path, "factory": None, "kwargs": {}, "weights": None}, Path.cwd())
+    else:
+        q.ImportPath()(spec, "MODEL", q._Ctx(Path.cwd()))
+        try:
+            kwargs = json.loads(args.kwargs)
+        except json.JSONDecodeError as e:
+            raise QueryError("--kwargs", f"is not valid JSON ({e.msg}); write e.g. '{{\"classes\": 10}}'") from None
+        if not isinstance(kwargs, dict):
+            raise QueryError("--kwargs", f"must be a JSON object of keyword arguments (got {type(kwargs).__name__})")
+        fn = q._import(spec, "MODEL", Path.cwd())
+        model = q._call_factory(fn, kwargs, "--kwargs")
+        if not isinstance(model, torch.nn.Module):
+            raise QueryError("MODEL", f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        if args.weights:
+            weights = q.FilePath()(args.weights, "--weights", q._Ctx(Path.cwd()))
+            q._fit_weights(model, q._load_state_dict(weights, "--weights"), "--weights")
+        model.eval()
+    if shape is not None:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+        example = torch.rand(1, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    try:
+        layers = describe_layers(model, example)
+    except Exception as e:
+        if shape is None:
+            raise
+        raise QueryError("--input-shape", f"the model cannot run on an input of shape {shape}: {type(e).__name__}: {_one_line(str(e), 200)}") from None
+    what = "TorchScript " if isinstance(model, torch.jit.ScriptModule) else ""
+    on = f" on one input of shape {tuple(example.shape[1:])}" if example is not None else ""
+    print(f"{what}{type(model).__name__ if not what else getattr(model, 'original_name', 'model')}{on}:")
+    print(format_layers(layers))
+    if example is None:
+        print("(output shapes need an input: give --input-shape, e.g. --input-shape 3,32,32)")
+    return 0

@@ -1,0 +1,134 @@
+"""Engine behaviours beyond the maths: memory layout, out-of-memory retries, progress,
+chunking of populations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from conftest import tolerance
+from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI, PointDoI
+from influence import input_influence, internal_influence
+from models import res_cnn
+from qoi import ClassQoI, FunctionQoI
+from slices import Slice
+
+F64 = torch.float64
+
+
+class ViewNet(nn.Module):
+    """A conv net that flattens with ``.view`` (fails on channels-last tensors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.tanh(self.conv(x))
+        return self.fc(y.view(y.shape[0], -1))
+
+
+def test_channels_last_gives_the_same_influence(rng: torch.Generator) -> None:
+    """The memory layout changes nothing but speed."""
+    model = res_cnn().double()
+    x = torch.randn(3, 3, 8, 8, generator=rng, dtype=F64)
+    doi = LineDoI(steps=8)
+    a = input_influence(model, ClassQoI(1), doi, x, channels_last=True, multiply_activation=True)
+    b = input_influence(model, ClassQoI(1), doi, x, channels_last=False, multiply_activation=True)
+    torch.testing.assert_close(a.values, b.values, **tolerance(F64))
+    assert a.values.is_contiguous()
+
+
+def test_channels_last_falls_back_when_the_model_refuses_it(rng: torch.Generator) -> None:
+    """Automatic channels-last retries the first batch in the default layout when the
+    model cannot take it (``.view`` on a channels-last tensor); forcing it raises."""
+    model = ViewNet().double()
+    x = torch.randn(4, 3, 8, 8, generator=rng, dtype=F64)
+    auto = input_influence(model, ClassQoI(0), PointDoI(), x, batch_size=2)
+    plain = input_influence(model, ClassQoI(0), PointDoI(), x, batch_size=2, channels_last=False)
+    assert torch.equal(auto.values, plain.values)
+    with pytest.raises(RuntimeError, match="view"):
+        input_influence(model, ClassQoI(0), PointDoI(), x, channels_last=True)
+    with pytest.raises(TypeError, match="channels_last"):
+        input_influence(model, ClassQoI(0), PointDoI(), x, channels_last="yes")  # type: ignore[arg-type]
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_result(rng: torch.Generator) -> None:
+    """A (simulated) CUDA out-of-memory error on batches larger than 4 rows halves the
+    batch size with a warning; the result equals a run with ``batch_size=4``."""
+    model = nn.Sequential(nn.Linear(5, 7), nn.Softplus(), nn.Linear(7, 3)).double()
+    x = torch.randn(6, 5, generator=rng, dtype=F64)
+
+    def picky(out: Tensor) -> Tensor:
+        if out.shape[0] > 4:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return out[:, 2]
+
+    with pytest.warns(RuntimeWarning, match="batch_size halved") as record:
+        got = input_influence(model, FunctionQoI(picky), LineDoI(steps=5), x, batch_size=16)
+    assert [str(w.message).split()[-1] for w in record] == ["8", "4"]
+    want = input_influence(model, ClassQoI(2), LineDoI(steps=5), x, batch_size=4)
+    torch.testing.assert_close(got.values, want.values, **tolerance(F64))
+
+
+def test_out_of_memory_at_batch_size_one_is_raised(rng: torch.Generator) -> None:
+    model = nn.Linear(3, 2).double()
+
+    def never(out: Tensor) -> Tensor:
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError), pytest.warns(RuntimeWarning):
+        input_influence(model, FunctionQoI(never), PointDoI(), torch.randn(2, 3, dtype=F64), batch_size=2, channels_last=False)
+
+
+def test_progress_counts_every_point(capsys: pytest.CaptureFixture[str], rng: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without tqdm, progress is a counter on stderr that reaches the number of points."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name.startswith("tqdm"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    model = nn.Linear(4, 3).double()
+    x = torch.randn(50, 4, generator=rng, dtype=F64)
+    y = torch.arange(50) % 3
+    input_influence(model, ClassQoI(1), ClassDoI((x, y), 1), batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "17/17 points" in err
+
+
+def test_population_chunks_do_not_change_the_result(rng: torch.Generator) -> None:
+    """A population streamed from a DataLoader with odd batch sizes, chunked by the
+    engine, equals the mean of the pointwise results (float64)."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    x = torch.randn(37, 4, generator=rng, dtype=F64)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=5)
+    each = NoiseDoI(0.2, samples=6, sampler="random")
+    pooled = input_influence(model, ClassQoI(0), DatasetDoI(loader, each=each), batch_size=7, seed=3)
+    pointwise = input_influence(model, ClassQoI(0), each, x, batch_size=7, seed=3)
+    torch.testing.assert_close(pooled.values, pointwise.values.mean(0), **tolerance(F64))
+    torch.testing.assert_close(pooled.stderr, pointwise.values.std(0) / 37**0.5, **tolerance(F64))
+
+
+def test_slice_space_runs_h_once_per_anchor(rng: torch.Generator) -> None:
+    """For a slice-space DoI, the modules before the cut run once per anchor (plus one
+    probe point for sizing), not once per sample."""
+    model = res_cnn().double()
+    calls = {"rows": 0}
+    handle = model.stem.register_forward_hook(lambda m, a, out: calls.__setitem__("rows", calls["rows"] + out.shape[0]))
+    try:
+        x = torch.randn(5, 3, 8, 8, generator=rng, dtype=F64)
+        slc = Slice(model, "layer2")
+        base = slc.h(torch.zeros(1, 3, 8, 8, dtype=F64))
+        calls["rows"] = 0
+        internal_influence(slc, ClassQoI(0), LineDoI(base, steps=16, space="slice"), x, batch_size=8)
+    finally:
+        handle.remove()
+    assert calls["rows"] == 5 + 1

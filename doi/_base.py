@@ -53,7 +53,10 @@ class Rows:
 
     def take(self, per_anchor: Tensor) -> Tensor:
         """``per_anchor[anchor]``: each row's entry of a per-anchor tensor (a view when
-        every anchor has one sample)."""
+        every anchor has one sample, or when ``per_anchor`` is one point broadcast to
+        every anchor)."""
+        if per_anchor.stride(0) == 0:
+            return per_anchor[:1].expand(self.stop - self.start, *per_anchor.shape[1:])
         return per_anchor[self.start : self.stop] if self.samples == 1 else per_anchor[self.anchor]
 
     def segments(self) -> Iterator[tuple[int, int, int, int]]:

@@ -22,11 +22,12 @@ Baseline = Union[float, Tensor, Callable[[Tensor], Tensor]]
 def resolve_baseline(baseline: Baseline, anchors: Tensor, anchor_id: Tensor, owner: str, space: str) -> Tensor:
     """The baseline of each anchor, ``(n, *shape)``, from a scalar, a tensor broadcastable
     to the anchors (e.g. one point ``shape`` or ``(1, *shape)``), a tensor with one row per
-    anchor ``(N, *shape)`` (indexed by ``anchor_id``), or a callable of the anchors."""
+    anchor ``(N, *shape)`` (indexed by ``anchor_id``), or a callable of the anchors. A
+    baseline shared by all anchors comes back as a broadcast view (stride 0)."""
     shape = tuple(anchors.shape[1:])
     where = "inputs" if space == "input" else "activations at the cut"
     if isinstance(baseline, Real):
-        return torch.full_like(anchors, float(baseline))
+        return torch.full((1,) * anchors.ndim, float(baseline), dtype=anchors.dtype, device=anchors.device).expand(anchors.shape)
     value = baseline(anchors) if callable(baseline) and not isinstance(baseline, Tensor) else baseline
     if not isinstance(value, Tensor):
         raise TypeError(f"{owner}: baseline must be a number, a tensor or a callable returning a tensor (got {type(value).__name__})")

@@ -57,7 +57,7 @@ def _rebatch(parts: Iterator[Tensor], size: int) -> Iterator[Tensor]:
                 yield torch.cat(pending) if len(pending) > 1 else pending[0]
                 pending, count = [], 0
     if pending:
-        yield torch.cat(pending)
+        yield torch.cat(pending) if len(pending) > 1 else pending[0]
 
 
 @contextmanager
@@ -231,7 +231,8 @@ def internal_influence(
         progress: show a progress bar over the anchors (tqdm when installed).
         channels_last: feed 4-D sample batches to the model in channels-last layout
             (faster convolutions on CPU). ``None`` (default): on CPU, falling back to
-            the default layout if the model fails on the first batch; ``False``: never.
+            the default layout if the model fails on the first batch (only for models
+            with ``Conv2d`` layers); ``False``: never.
 
     Returns:
         :class:`InfluenceResult` (a list of them for a list of QoIs): ``values`` of shape
@@ -312,7 +313,8 @@ class _Integrator:
         cut = self.slice.cut
         self.cut_layer = cut.layer if cut is not None and cut.at == "output" and cut.layer in self.layers else None
         self.first_batch = True
-        auto = query.channels_last is None and query.device.type == "cpu"
+        has_conv = self.slice.model is not None and any(isinstance(m, nn.Conv2d) for m in self.slice.model.modules())
+        auto = query.channels_last is None and query.device.type == "cpu" and has_conv
         self.channels_last: bool | str = "auto" if auto else bool(query.channels_last)
         self.accumulators = [ChunkAccumulator(self.each.samples, self.each.groups) for _ in query.qois]
         self.sinks: list[PopulationMoments | PerPointResults]
@@ -452,6 +454,8 @@ def _delta(query: _Query, slc: Slice, x: Tensor, anchors: Tensor, reference: Ten
         delta = anchors if reference is None else anchors - reference
     else:
         hx = _no_grad_batched(slc.h, x, query.batch_size)
+        if reference is not None and reference.stride(0) == 0:  # one baseline for all anchors
+            reference = reference[:1].contiguous()
         delta = hx if reference is None else hx - _no_grad_batched(slc.h, reference, query.batch_size)
     return delta.double()
 

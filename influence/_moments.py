@@ -151,6 +151,12 @@ class ChunkAccumulator:
         return AnchorEstimates(mean, var, channel_var)
 
 
+def _zeros_like(t: Tensor) -> Tensor:
+    """Zero standard errors as a broadcast view (stride 0): no memory for a DoI without
+    sampling error."""
+    return torch.zeros((), dtype=t.dtype, device=t.device).expand(t.shape)
+
+
 class PerPointResults:
     """Level 3 for pointwise DoIs: the estimates of all ``N`` anchors."""
 
@@ -185,12 +191,13 @@ class PerPointResults:
     def result(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(mean, stderr, channel stderr)``; zero standard errors without groups."""
         assert self.mean is not None
-        stderr = self.var.sqrt() if self.var is not None else torch.zeros_like(self.mean)
+        stderr = self.var.sqrt() if self.var is not None else _zeros_like(self.mean)
         if self.channel_var is not None:
             channel = self.channel_var.sqrt()
+        elif self.mean.ndim > 2:
+            channel = _zeros_like(self.mean.flatten(2)[:, :, 0])
         else:
-            sums = channel_sums(self.mean)
-            channel = None if sums is None else torch.zeros_like(sums)
+            channel = None
         return self.mean, stderr, channel
 
 

@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="compute on this device for every query (cpu, cuda, cuda:1, ...)")
     run.add_argument("--out", metavar="DIR", help="where result files go (default: out/<QUERY file name>)")
     run.add_argument("--quiet", action="store_true", help="no tables and no progress bar; only the summary line")
-    run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
     validate = sub.add_parser(
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     validate.add_argument("query", metavar="QUERY.yaml")
-    validate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    validate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     validate.set_defaults(handler=_validate)
 
     layers = sub.add_parser(
@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     layers.add_argument("--kwargs", default="{}", help="factory keyword arguments as JSON, e.g. '{\"classes\": 10}'")
     layers.add_argument("--weights", help="a state_dict file for a factory model (weights_only=True)")
     layers.add_argument("--input-shape", help="one point's shape, e.g. 3,32,32 (default for a query YAML: its data's)")
-    layers.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    layers.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     layers.set_defaults(handler=_layers)
     return parser
 

@@ -783,7 +783,7 @@ OUTPUT_SCHEMA = Schema(
 QUERY_SCHEMA = Schema(
     (
         Key("name", Maybe(Str("a name of letters, digits, '_', '-' or '.'", r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")), None, "names the output files (default query<i>)"),
-        Key("slice", Custom("a layer name or a mapping", _parse_slice), None, "where to cut; null: the input (input influence)"),
+        Key("slice", Custom("a layer name or a mapping", _parse_slice), {"layer": None, "at": "output", "realisation": "auto"}, "where to cut; null: the input (input influence)"),
         Key("doi", Custom("a DoI", lambda v, p, c: parse_doi(v, p, c)), REQUIRED, "the distribution of interest, e.g. {kind: line, steps: 32}"),
         Key("qoi", Custom("a QoI or a list of QoIs", _parse_qois), REQUIRED, "the quantity of interest, e.g. {kind: class, label: 3}"),
         Key("inputs", Maybe(_mapping_check(INPUTS_SCHEMA, "a selection")), None, "pointwise DoIs: which data points to explain (default: all)"),
@@ -1362,7 +1362,7 @@ class _QueryBuilder(_Builder):
         where = _join(path, kind)
         if kind == "mean":
             x = self.data.x if spec["mean"] == "data" else self.data.array(spec["mean"], where)
-            return x.double().mean(0, keepdim=True).to(self.data.x.dtype)
+            return x.to(self.data.x.dtype).mean(0, keepdim=True)
         if kind == "array":
             return self.data.array(spec["array"], where).to(self.data.x.dtype)
         if kind == "file":

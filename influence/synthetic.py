@@ -197,7 +197,12 @@ def _trained_state(
     seed: int, cue_class: int | None, epochs: int, classes: int, width: int, n_per_class: int, size: int, cue_strength: float
 ) -> dict[str, Tensor]:
     data = glyph_images(n_per_class, classes, size, seed=seed, split="train", cue_class=cue_class, cue_strength=cue_strength)
-    model = train(small_cnn(classes, width, seed=seed), data["x"], data["y"], epochs=epochs, seed=seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same weights whatever the machine; tiny convs gain nothing from threads
+    try:
+        model = train(small_cnn(classes, width, seed=seed), data["x"], data["y"], epochs=epochs, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 

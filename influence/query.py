@@ -41,6 +41,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1104,7 +1105,9 @@ def load_model(spec: dict[str, Any], folder: Path) -> nn.Module:
     if spec["torchscript"] is not None:
         path = spec["torchscript"]
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; the user asked for this file
+                warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=DeprecationWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise QueryError("model.torchscript", f"cannot load {path.name} as TorchScript ({type(e).__name__}: {str(e)[:200]})") from None
         return model.eval()

@@ -132,3 +132,28 @@ def test_slice_space_runs_h_once_per_anchor(rng: torch.Generator) -> None:
     finally:
         handle.remove()
     assert calls["rows"] == 5 + 1
+
+
+def test_auto_batch_size_halves_silently_until_a_batch_fits(rng: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``batch_size="auto"`` starts at the device's default and halves on out-of-memory
+    without warnings (simulated: batches above 16 rows do not fit); the result equals a
+    run at a fixed batch size."""
+    import influence._engine as engine
+
+    monkeypatch.setattr(engine, "AUTO_BATCH_CPU", 256)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Softplus(), nn.Linear(7, 3)).double()
+    x = torch.randn(6, 5, generator=rng, dtype=F64)
+    sizes = []
+
+    def picky(out: Tensor) -> Tensor:
+        sizes.append(out.shape[0])
+        if out.shape[0] > 16:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return out[:, 2]
+
+    got = input_influence(model, FunctionQoI(picky), LineDoI(steps=9), x, batch_size="auto")
+    want = input_influence(model, ClassQoI(2), LineDoI(steps=9), x, batch_size=5)
+    torch.testing.assert_close(got.values, want.values, **tolerance(F64))
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] <= 16  # 54 rows tried at 256, 128, 64; then 32, 16
+    with pytest.raises(TypeError, match="batch_size"):
+        input_influence(model, ClassQoI(0), PointDoI(), x, batch_size="big")  # type: ignore[arg-type]

@@ -47,6 +47,22 @@ class Case:
     ours: Callable[[], Any]
     bare: Callable[[], Any]
     captum: Callable[[], Any] | None
+    same_as_captum: bool = True  # the two compute the same numbers (not Monte Carlo)
+
+
+def _values(out: Any) -> Tensor:
+    """Our results or Captum's, as one float64 tensor on the CPU."""
+    if isinstance(out, (list, tuple)):
+        return torch.cat([_values(o).reshape(1, -1) for o in out])
+    if hasattr(out, "values") and isinstance(out.values, Tensor):
+        out = out.values
+    return out.detach().double().cpu()
+
+
+def disagreement(ours: Any, captum: Any) -> float:
+    """``max |ours − Captum| / max |Captum|``."""
+    a, b = _values(ours), _values(captum).reshape(_values(ours).shape)
+    return float((a - b).abs().max() / b.abs().max())
 
 
 def _sync(device: torch.device) -> None:
@@ -182,7 +198,7 @@ def build_cases(name: str, model: nn.Module, layer: str, h: nn.Module, g: nn.Mod
         ig = IntegratedGradients(model)
         return ig.attribute(members, target=target, n_steps=args.pool_steps, method="gausslegendre", internal_batch_size=batch).mean(0)
 
-    return [
+    cases = [
         Case(
             "integrated gradients (input)", "L1",
             lambda: input_influence(model, ClassQoI(target), line, x, batch_size=batch, multiply_activation=True, seed=0),
@@ -190,12 +206,13 @@ def build_cases(name: str, model: nn.Module, layer: str, h: nn.Module, g: nn.Mod
             lambda: IntegratedGradients(model).attribute(x, target=target, n_steps=steps, method="gausslegendre", internal_batch_size=batch),
         ),
         Case(
-            "SmoothGrad, NoiseDoI random", "L1",
+            "SmoothGrad, NoiseDoI random (Monte Carlo)", "L1",
             lambda: input_influence(model, ClassQoI(target), NoiseDoI(0.1, steps, "random"), x, batch_size=batch, seed=0),
             lambda: bare_noise_input(model, x, target, steps, 0.1, batch),
             lambda: NoiseTunnel(Saliency(model)).attribute(
                 x, nt_type="smoothgrad", nt_samples=steps, nt_samples_batch_size=per_point_noise, stdevs=0.1, target=target, abs=False
             ),
+            same_as_captum=False,
         ),
         Case(
             "saliency, PointDoI", "L0",
@@ -228,6 +245,7 @@ def build_cases(name: str, model: nn.Module, layer: str, h: nn.Module, g: nn.Mod
             lambda: [IntegratedGradients(model).attribute(x, target=c, n_steps=steps, method="gausslegendre", internal_batch_size=batch) for c in range(10)],
         ),
     ]
+    return cases
 
 
 def measure(cases: list[Case], reps: int, device: torch.device, with_captum: bool) -> list[dict[str, Any]]:
@@ -236,14 +254,14 @@ def measure(cases: list[Case], reps: int, device: torch.device, with_captum: boo
         fns = {"ours": case.ours, "bare": case.bare}
         if with_captum and case.captum is not None:
             fns["captum"] = case.captum
-        for fn in fns.values():  # warm-up
-            fn()
+        outputs = {key: fn() for key, fn in fns.items()}  # warm-up
+        agree = disagreement(outputs["ours"], outputs["captum"]) if "captum" in outputs and case.same_as_captum else None
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(reps):
             for key, fn in fns.items():
                 times[key].append(_timed(fn, device))
         med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append({"case": case.name, "loop": case.loop, **med})
+        rows.append({"case": case.name, "loop": case.loop, "agree": agree, **med})
         print(_format_row(rows[-1]), flush=True)
     return rows
 
@@ -256,18 +274,19 @@ def _format_row(row: dict[str, Any]) -> str:
         text += f" {captum * 1e3:9.1f} | {captum / bare:5.2f}× | {captum / ours:5.2f}× |"
     else:
         text += "         – |      – |      – |"
-    return text
+    agree = row.get("agree")
+    return text + (f" {agree:.1e} |" if agree is not None else "    – |")
 
 
 HEADER = (
-    "| case | loop | ours ms | bare ms | ours/bare | Captum ms | Captum/bare | Captum/ours |\n"
-    "|---|---|---|---|---|---|---|---|"
+    "| case | loop | ours ms | bare ms | ours/bare | Captum ms | Captum/bare | Captum/ours | vs Captum |\n"
+    "|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def quadrature_table(device: torch.device) -> None:
-    """Completeness error |Σ attributions − (f(x) − f(0))| / |f(x) − f(0)| against steps
-    for each rule, on a smooth (softplus) network."""
+    """Completeness error Σ_i |Σ attributions_i − Δ_i| / Σ_i |Δ_i| (``Δ_i = f(x_i) −
+    f(0)``, 16 points) against steps for each rule, on a smooth (softplus) network."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 64), nn.Softplus(), nn.Linear(64, 64), nn.Softplus(), nn.Linear(64, 3)).double().to(device)
     x = 2.0 * torch.randn(16, 16, dtype=torch.float64, device=device)
@@ -275,7 +294,7 @@ def quadrature_table(device: torch.device) -> None:
         gap = net(x)[:, 0] - net(torch.zeros_like(x))[:, 0]
     rules = ["gauss-legendre", "midpoint", "trapezoid", "riemann-left", "riemann-right"]
     steps_list = [2, 4, 8, 16, 32, 64, 128, 256]
-    print("\nCompleteness error (max over 16 points, relative) by rule and steps, softplus MLP:")
+    print("\nCompleteness error Σ|Σ attr − Δf| / Σ|Δf| over 16 points, by rule and steps (softplus MLP, float64):")
     print("| steps | " + " | ".join(rules) + " |")
     print("|---|" + "---|" * len(rules))
     first_below: dict[str, int | None] = {r: None for r in rules}
@@ -283,7 +302,7 @@ def quadrature_table(device: torch.device) -> None:
         cells = []
         for rule in rules:
             r = input_influence(net, ClassQoI(0), LineDoI(0.0, steps, rule), x, multiply_activation=True, seed=0)
-            err = float(((r.values.sum(1).to(device) - gap).abs() / gap.abs()).max())
+            err = float((r.values.sum(1).to(device) - gap).abs().sum() / gap.abs().sum())
             if err <= 1e-3 and first_below[rule] is None:
                 first_below[rule] = steps
             cells.append(f"{err:.1e}")

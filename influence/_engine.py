@@ -396,6 +396,10 @@ class _Integrator:
         for acc, sink in zip(self.accumulators, self.sinks):
             target = (lambda like, sink=sink: sink.view(offset, n, like)) if isinstance(sink, PerPointResults) else None
             acc.start(n, delta, target)
+        if self.channels_last and anchors.ndim == 4:  # draws then come out channels-last
+            anchors = anchors.contiguous(memory_format=torch.channels_last)
+            if reference is not None and reference.stride(0) != 0:
+                reference = reference.contiguous(memory_format=torch.channels_last)
         return _Chunk(x, offset, ids, anchors, reference, anchor_output)
 
     def _integrate(self, chunk: _Chunk) -> None:
@@ -421,6 +425,9 @@ class _Integrator:
                 if not (self.channels_last == "auto" and self.first_batch):
                     raise
                 self.channels_last = False
+                chunk.anchors = chunk.anchors.contiguous()
+                if chunk.reference is not None and chunk.reference.stride(0) != 0:
+                    chunk.reference = chunk.reference.contiguous()
                 continue
             self.first_batch = False
             for acc, grad in zip(self.accumulators, grads):

@@ -149,7 +149,8 @@ def _run(args: argparse.Namespace) -> int:
     show = not args.quiet
     progress = show and sys.stdout.isatty()
     session = _with_context(lambda: qfile.prepare(device=args.device), "loading the model and data: ")
-    built = [session.build(spec.index) for spec in qfile.queries]  # every query checked before any runs
+    # every query is built and checked against the model and data before any runs
+    built = [_with_context(lambda: session.build(spec.index), f"query {spec.name!r} ({spec.path}): ") for spec in qfile.queries]
     written: list[Path] = []
     for query in built:
         results = _with_context(lambda: query.run(progress=progress), f"query {query.spec.name!r} ({query.spec.path}): ")

@@ -58,6 +58,7 @@ from slices import Cut, Slice
 from slices._cut import find_module
 
 from ._engine import internal_influence
+from ._frozen import frozen
 from .result import InfluenceResult
 
 __all__ = [
@@ -86,8 +87,11 @@ class QueryError(ValueError):
 
 
 def _join(path: str, key: str | int) -> str:
+    """``path.key``, ``path[3]``, or ``path['odd key']`` for a key that is not a name."""
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not re.fullmatch(r"[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*", key):
+        return f"{path}[{key!r}]"
     return f"{path}.{key}" if path else key
 
 
@@ -939,7 +943,7 @@ def parse_query(document: Any, folder: str | os.PathLike[str] = ".", *, source: 
     for key in document:
         if not isinstance(key, str) or key not in _TOP_KEYS:
             hint = _did_you_mean(key, _TOP_KEYS)
-            raise QueryError(str(key), f"unknown section; {hint}valid sections: {', '.join(_TOP_KEYS)}")
+            raise QueryError(_join("", key if isinstance(key, str) else repr(key)), f"unknown section; {hint}valid sections: {', '.join(_TOP_KEYS)}")
     for section in ("model", "data", "queries"):
         if section not in document:
             raise QueryError(section, "missing section; a query file needs model, data and queries (see README, 'YAML queries')")
@@ -1060,6 +1064,9 @@ def _call_factory(fn: Callable[..., Any], kwargs: dict[str, Any], kwargs_path: s
     try:
         return fn(**kwargs)
     except (ValueError, TypeError) as e:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if unexpected and unexpected.group(1) in kwargs:
+            raise QueryError(_join(kwargs_path, unexpected.group(1)), f"not an argument of {getattr(fn, '__name__', 'the factory')}() ({e})") from None
         raise QueryError(kwargs_path, f"{getattr(fn, '__name__', 'the factory')}() refused its arguments: {e}") from None
 
 
@@ -1132,8 +1139,12 @@ def _read_arrays(path: Path, where: str) -> dict[str, Any]:
         if path.suffix.lower() in (".npz", ".npy"):
             import numpy as np
 
-            with np.load(path, allow_pickle=False) as found:
-                return {k: found[k] for k in found.files} if hasattr(found, "files") else {"": np.asarray(found)}
+            with open(path, "rb") as f:
+                found = np.load(f, allow_pickle=False)
+                if not hasattr(found, "files"):
+                    return {"": np.asarray(found)}
+                with found:
+                    return {k: found[k] for k in found.files}
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise QueryError(where, f"{path.name} holds objects that weights_only=True refuses (e.g. numpy arrays or pickled classes); save a dict of tensors") from None
@@ -1451,9 +1462,9 @@ class _QueryBuilder(_Builder):
         return BuiltQuery(spec, self.slice, qoi, doi, inputs, self.rows, self.data, options)
 
     def _try_qoi(self, qoi: QuantityOfInterest, spec: dict[str, Any], path: str) -> None:
-        """Evaluate the QoI on the model's output for one point, so that a class out of
-        range, a wrong neuron index or an output selector that selects nothing is reported
-        now, against the field that says it."""
+        """Evaluate the QoI on one forward pass through the slice for one point, so that a
+        class out of range, a wrong neuron index, an output selector that selects nothing
+        or a neuron before the cut is reported now, against the field that says it."""
         layers = list(qoi.layers)
         if layers and self.session.is_script:
             raise QueryError(path, "a neuron QoI records a layer with hooks, which TorchScript models do not support; load the model with factory:")
@@ -1465,11 +1476,20 @@ class _QueryBuilder(_Builder):
                 with _at(neuron_path):
                     module = find_module(self.model, name, what="neuron")
                 handles.append(module.register_forward_hook(lambda m, a, out, name=name: store.__setitem__(name, out)))
+            assert self.slice is not None
             x = self.session.as_model_input(self.data.x[self.rows[:1]])
-            with torch.no_grad():
-                out = self.model(x)
-            with _at(path):
-                qoi(out, QoIContext(store, anchor_output=out))
+            with frozen(self.slice.modules()), torch.enable_grad(), _at(path):
+                z, out = self.slice.forward_cut(x)
+                cut = self.slice.cut
+                if cut is not None and cut.at == "output" and cut.layer in layers:
+                    store[cut.layer] = z  # as the engine does: the cut's own units
+                value = qoi(out, QoIContext(store, anchor_output=out))
+            if not value.requires_grad:
+                raise QueryError(
+                    path,
+                    f"{qoi!r} does not depend on the activations at the cut ({self.slice.layer or 'the input'}); "
+                    "a neuron QoI must name a layer after the cut",
+                )
         finally:
             for handle in handles:
                 handle.remove()

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .query import BuiltQuery, QueryError, Session, load_data, load_model, load_query_file, region_table, top_table
+from .query import BuiltQuery, QueryError, load_data, load_model, load_query_file, region_table, top_table
 from .result import InfluenceResult
 
 EPILOG = """\

@@ -51,7 +51,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI, PointDoI, PointwiseDoI, PopulationDoI
+from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI, PointDoI, PointwiseDoI
 from doi._line import resolve_baseline
 from qoi import ClassQoI, ComparativeQoI, FunctionQoI, LinearQoI, MaxClassQoI, NeuronQoI, QoIContext, QuantityOfInterest
 from slices import Cut, Slice
@@ -198,7 +198,7 @@ class Choice(Check):
     def __call__(self, value: Any, path: str, ctx: _Ctx) -> str:
         if not isinstance(value, str) or value not in self.options:
             hint = _did_you_mean(value, self.options)
-            raise QueryError(path, f"{hint}must be {self.what} (got {_show(value)})")
+            raise QueryError(path, f"must be {self.what} (got {_show(value)})" + (f"; {hint.strip()}" if hint else ""))
         return value
 
 
@@ -398,7 +398,7 @@ _SELECTOR = Custom("null, an int index, a key, or {callable: 'module:function'}"
 
 SLICE_SCHEMA = Schema(
     (
-        Key("layer", Maybe(Str("a dotted module name"))),
+        Key("layer", Maybe(Str("a dotted module name")), REQUIRED, "the module to cut at, a name from `influence layers` (null: the input)"),
         Key("at", Choice(("output", "input")), "output", "cut at the layer's output, or just before it"),
         Key("realisation", Choice(("auto", "sequential", "graph", "hook")), "auto", "how h and g are built"),
     )
@@ -683,12 +683,21 @@ def _parse_device(value: Any, path: str, ctx: _Ctx) -> str:
 
 
 OPTION_KEYS = (
-    Key("batch_size", Int(1), 64, "sample rows per forward/backward pass"),
+    Key("batch_size", Custom("an int >= 1 or 'auto'", lambda v, p, c: _parse_batch_size(v, p, c)), 64, "sample rows per forward/backward pass; 'auto': 64 on CPU, the largest that fits on CUDA"),
     Key("seed", Maybe(Int(0)), 0, "seed of the random draws (null: a fresh one, recorded in the result)"),
     Key("multiply_activation", Bool(), False, "multiply by h(x) − h(baseline): integrated gradients, gradient × input"),
     Key("dtype", Maybe(Choice(DTYPES)), None, "compute precision (null: the model's)"),
     Key("device", Maybe(Custom("a device name", _parse_device)), None, "where to compute (null: the model's); --device overrides"),
+    Key("channels_last", Maybe(Bool()), None, "4-D batches in channels-last layout (null: on CPU for conv models, with fallback)"),
 )
+
+
+def _parse_batch_size(value: Any, path: str, ctx: _Ctx) -> Any:
+    if isinstance(value, str) and value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value < _INT_LIMIT:
+        return value
+    raise QueryError(path, f"must be an int >= 1 or 'auto' (got {_show(value)})")
 
 MODEL_SCHEMA = Schema(
     (
@@ -1179,8 +1188,11 @@ class Data:
     y: Tensor | None
     arrays: dict[str, Tensor]
     rows: int
+    unusable: dict[str, str] = field(default_factory=dict)  # array name -> why it cannot be used
 
     def array(self, name: str, where: str) -> Tensor:
+        if name in self.unusable:
+            raise QueryError(where, self.unusable[name])
         if name not in self.arrays:
             hint = _did_you_mean(name, list(self.arrays))
             raise QueryError(where, f"no array {name!r} in the data; {hint}arrays: {', '.join(sorted(self.arrays))}")
@@ -1198,10 +1210,17 @@ def load_data(spec: dict[str, Any], folder: Path) -> Data:
         source = spec["factory"]
         if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
             raise QueryError("data.factory", f"{source!r} returned a {type(raw).__name__}; a data factory returns a dict of named arrays, e.g. {{'x': x, 'y': y}}")
-    arrays = {k: _as_tensor(v, k, "data") for k, v in raw.items()}
-    names = sorted(arrays)
+    arrays, other = {}, {}
+    for k, v in raw.items():  # arrays that are not numbers (e.g. class names) stay out until asked for
+        try:
+            arrays[k] = _as_tensor(v, k, "data")
+        except QueryError as e:
+            other[k] = e.message
+    names = sorted([*arrays, *other])
 
     def pick(name: str, where: str) -> Tensor:
+        if name in other:
+            raise QueryError(where, other[name])
         if name not in arrays:
             hint = _did_you_mean(name, names)
             raise QueryError(where, f"no array {name!r} in {source}; {hint}arrays: {', '.join(names) or '(none)'}")
@@ -1236,7 +1255,7 @@ def load_data(spec: dict[str, Any], folder: Path) -> Data:
         x, y = arrays[spec["inputs"]], y[keep]
     if y is not None:
         arrays[spec["labels"]] = y
-    return Data(x, y, arrays, x.shape[0])
+    return Data(x, y, arrays, x.shape[0], other)
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
@@ -1365,7 +1384,7 @@ class _QueryBuilder(_Builder):
         if callable(value) and not isinstance(value, Tensor):
             check = _safe_callable(value, path)
         with _at(path):
-            resolve_baseline(check, anchor, ids, "baseline", "slice" if in_slice else "input")
+            resolve_baseline(check, anchor, ids, "LineDoI", "slice" if in_slice else "input")
         return value
 
     # ------------------------------------------------------------------------------------

@@ -258,19 +258,22 @@ def test_baseline_forms(form: str, folder: Path, helpers: Any, model: torch.nn.M
 
 
 def test_slice_and_engine_options(folder: Path, model: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
-    """``slice: {layer, at: input, realisation: hook}``, ``dtype``, ``batch_size`` and
-    ``defaults`` reach the engine: equal to the Python call with the same arguments."""
+    """``slice: {layer, at: input, realisation: hook}``, ``dtype``, ``batch_size``,
+    ``channels_last`` and ``defaults`` reach the engine: equal to the Python call with the same arguments."""
     query = {
         "slice": {"layer": "layer2", "at": "input", "realisation": "hook"},
         "doi": {"kind": "noise", "samples": 6, "sigma": 0.1},
         "qoi": {"kind": "comparative", "a": 0, "b": 1},
         "inputs": {"indices": [1, 2]},
         "batch_size": 5,
+        "channels_last": False,
     }
     doc = document(query, defaults={"dtype": "float64", "seed": 4, "batch_size": 100})
     (got,) = run_yaml(doc, folder)
     slc = Slice(model, Cut("layer2", at="input"), realisation="hook")
-    want = internal_influence(slc, ComparativeQoI(0, 1), NoiseDoI(0.1, 6), data["x"][[1, 2]], dtype=torch.float64, seed=4, batch_size=5)
+    want = internal_influence(
+        slc, ComparativeQoI(0, 1), NoiseDoI(0.1, 6), data["x"][[1, 2]], dtype=torch.float64, seed=4, batch_size=5, channels_last=False
+    )
     assert got.query["dtype"] == "float64" and got.query["batch_size"] == 5 and got.query["seed"] == 4
     assert torch.equal(got.values, want.values)
 
@@ -321,11 +324,13 @@ def test_data_factory_and_defaults(tmp_path: Path) -> None:
     doc = {
         "model": {"factory": "influence.synthetic:small_cnn", "kwargs": {"classes": 4, "width": 2}},
         "data": {"factory": "influence.synthetic:glyph_images", "kwargs": {"n_per_class": 3, "classes": 4, "split": "test"}},
-        "defaults": {"multiply_activation": True, "seed": 11},
+        "defaults": {"multiply_activation": True, "seed": 11, "batch_size": "auto"},
         "queries": [{"doi": "point", "qoi": {"kind": "class", "label": 1}, "inputs": {"label": 1}}],
     }
     qfile = parse_query(doc, tmp_path)
-    assert qfile.queries[0].options == {"batch_size": 64, "seed": 11, "multiply_activation": True, "dtype": None, "device": None}
+    assert qfile.queries[0].options == {
+        "batch_size": "auto", "seed": 11, "multiply_activation": True, "dtype": None, "device": None, "channels_last": None
+    }
     (got,) = qfile.prepare().build(0).run()
     assert got.anchors == 3 and got.query["multiply_activation"] is True
 
@@ -481,4 +486,11 @@ def test_readme_documents_every_key() -> None:
     for key in OPTION_KEYS:
         if f"`{key.name}`" not in section:
             missing.append(key.name)
+    every_key = [k for schema in SECTIONS.values() for k in schema.keys] + [k for kind in (*DOI_KINDS.values(), *QOI_KINDS.values()) for k in kind.schema.keys]
+    for key in every_key:
+        default = key.default
+        if default is None or isinstance(default, (bool, int, float, str)):
+            shown = "null" if default is None else "true" if default is True else "false" if default is False else str(default)
+            if f"`{shown}`" not in section:
+                missing.append(f"default of {key.name}: `{shown}`")
     assert not missing, f"README lacks: {missing}"

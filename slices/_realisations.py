@@ -43,19 +43,14 @@ def _as_leaf(t: Any, cut: Cut) -> Tensor:
     return _check_tensor(t, cut).detach().requires_grad_(True)
 
 
-class SequentialSplit:
-    """``h`` and ``g`` are two halves of a (nested) ``nn.Sequential``."""
+class _ModuleSplit:
+    """``h`` and ``g`` as two modules: ``g(z)`` needs nothing but ``z``."""
 
-    realisation = "sequential"
+    realisation: str
     is_split = True
 
     def __init__(self, h: nn.Module, g: nn.Module, cut: Cut) -> None:
         self._h, self._g, self._cut = h, g, cut
-
-    @classmethod
-    def build(cls, model: nn.Module, cut: Cut) -> "SequentialSplit | None":
-        halves = _split_sequential(model, cut.layer.split("."), cut.at)
-        return None if halves is None else cls(*halves, cut)
 
     def h(self, x: Tensor) -> Tensor:
         return _check_tensor(self._h(x), self._cut)
@@ -68,6 +63,17 @@ class SequentialSplit:
             z = self._h(x)
         z = _as_leaf(z, self._cut)
         return z, self._g(z)
+
+
+class SequentialSplit(_ModuleSplit):
+    """``h`` and ``g`` are two halves of a (nested) ``nn.Sequential``."""
+
+    realisation = "sequential"
+
+    @classmethod
+    def build(cls, model: nn.Module, cut: Cut) -> "SequentialSplit | None":
+        halves = _split_sequential(model, cut.layer.split("."), cut.at)
+        return None if halves is None else cls(*halves, cut)
 
 
 def _split_sequential(model: nn.Module, path: list[str], at: str) -> tuple[nn.Module, nn.Module] | None:
@@ -100,14 +106,10 @@ class _CutTracer(fx.Tracer):
         return module_qualified_name not in self._trace_through
 
 
-class GraphSplit:
+class GraphSplit(_ModuleSplit):
     """``h`` and ``g`` are the two sides of a ``torch.fx`` graph cut."""
 
     realisation = "graph"
-    is_split = True
-
-    def __init__(self, h: fx.GraphModule, g: fx.GraphModule, cut: Cut) -> None:
-        self._h, self._g, self._cut = h, g, cut
 
     @classmethod
     def build(cls, model: nn.Module, cut: Cut) -> "GraphSplit | None":
@@ -132,18 +134,6 @@ class GraphSplit:
         g_module.graph.eliminate_dead_code()
         g_module.recompile()
         return cls(h_module, g_module, cut)
-
-    def h(self, x: Tensor) -> Tensor:
-        return _check_tensor(self._h(x), self._cut)
-
-    def g(self, z: Tensor, x: Tensor | None = None) -> Any:
-        return self._g(z)
-
-    def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
-        with torch.no_grad():
-            z = self._h(x)
-        z = _as_leaf(z, self._cut)
-        return z, self._g(z)
 
 
 def _partition(graph: fx.Graph, cut: fx.Node) -> tuple[fx.Graph, fx.Graph] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -39,10 +40,16 @@ def child(kind: str, size: int, device_name: str) -> dict[str, float]:
     torch.set_num_threads(2)
     device = torch.device(device_name)
     g = torch.Generator().manual_seed(0)
-    if kind == "dataset":
+    if kind.startswith("dataset"):
         model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device)
         x = torch.randn(size, 16, generator=g)
-        run = lambda: input_influence(model, ClassQoI(1), DatasetDoI(x), batch_size=256, device=device, seed=0)  # noqa: E731
+        options: dict = {}
+        if kind == "dataset-checkpoint":  # a checkpoint after every chunk, and non-finite anchors skipped
+            import tempfile
+
+            folder = tempfile.TemporaryDirectory()  # removed when the child ends
+            options = {"checkpoint": os.path.join(folder.name, "q.ckpt"), "checkpoint_every": 0, "nonfinite": "skip"}
+        run = lambda: input_influence(model, ClassQoI(1), DatasetDoI(x), batch_size=256, device=device, seed=0, **options)  # noqa: E731
     else:
         model = resnet().to(device)
         x = torch.randn(8, 3, 32, 32, generator=g).to(device)
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         ("slice-line", "slice-space LineDoI at 'stage2', steps per anchor", 32, 256),
         ("input-line", "input-space LineDoI at 'stage2', steps per anchor", 32, 256),
         ("dataset", "DatasetDoI over N points (MLP, 16 features)", small_pop, large_pop),
+        ("dataset-checkpoint", "the same, checkpoint after every chunk, nonfinite='skip'", small_pop, large_pop),
     ]
     print(f"device {args.device}; each figure from its own subprocess\n")
     print("| query | small | large | peak RSS small (MiB) | peak RSS large (MiB) | ratio | growth small | growth large |")

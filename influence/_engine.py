@@ -16,12 +16,22 @@ one forward pass per batch with the gradient taken at the detached cut, for slic
 DoIs ``h`` runs once per anchor and only ``g`` per sample. Several QoIs share the forward
 pass. Sums accumulate on the device in float64 (:mod:`influence._moments`); results move
 to the CPU once at the end.
+
+Around the loop: the anchors are sharded over the processes of an initialised
+``torch.distributed`` group (:mod:`influence._distributed`); a population query can be
+checkpointed and resumed (:mod:`influence._checkpoint`); non-finite QoI values and
+gradients are found once per chunk, without a host synchronisation per batch: an
+anchor's float64 estimate is non-finite when one of its gradients was, and the sum of
+the QoI values (already formed for the backward pass) when one of the values was; only
+then are the chunk's values recomputed to find which anchors they belong to.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,12 +45,17 @@ from qoi import QoIContext, QuantityOfInterest, as_qoi
 from slices import Slice
 from slices._cut import find_module
 
+from . import _distributed
+from ._checkpoint import TAIL_ROWS, Checkpoint, fingerprint, hash_rows
+from ._distributed import Group
 from ._frozen import frozen
-from ._moments import ChunkAccumulator, PerPointResults, PopulationMoments
+from ._moments import AnchorEstimates, ChunkAccumulator, PerPointResults, PopulationMoments
 from ._progress import progress_bar
 from .result import InfluenceResult
 
 _CHUNK_BYTES = 128 * 2**20  # memory for the per-anchor buffers of one chunk
+_MAX_CHUNK = 4096  # anchors per chunk at most
+NONFINITE = ("raise", "skip")
 AUTO_BATCH_CPU = 64
 AUTO_BATCH_CUDA = 4096
 
@@ -114,6 +129,9 @@ class _Query:
         multiply_activation: bool,
         seed: Any,
         channels_last: Any = None,
+        checkpoint: Any = None,
+        checkpoint_every: Any = 60.0,
+        nonfinite: Any = "raise",
     ) -> None:
         if isinstance(slice, nn.Module):
             raise TypeError("slice: expected a slices.Slice (got an nn.Module); use Slice(model, layer) or input_influence(model, ...)")
@@ -159,6 +177,20 @@ class _Query:
         if channels_last is not None and not isinstance(channels_last, bool):
             raise TypeError(f"channels_last: expected None, True or False (got {channels_last!r})")
         self.channels_last = channels_last
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite: expected 'raise' or 'skip' (got {nonfinite!r})")
+        self.nonfinite: str = nonfinite
+        self.checkpoint: Checkpoint | None = None
+        if checkpoint is not None:
+            if self.population is None:
+                raise ValueError(
+                    f"checkpoint: only population DoIs (ClassDoI, DatasetDoI) are checkpointed (got {type(doi).__name__}); "
+                    "split a long pointwise query over its inputs instead"
+                )
+            self.checkpoint = Checkpoint(checkpoint, checkpoint_every)
+        elif isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, float)) or not checkpoint_every >= 0:
+            raise ValueError(f"checkpoint_every: expected seconds >= 0 (got {checkpoint_every!r})")
+        self.seed_given = seed is not None
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
         elif isinstance(seed, bool) or not isinstance(seed, int):
@@ -200,7 +232,14 @@ class _Query:
             "batch_size": self.batch_size,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
+            "nonfinite": self.nonfinite,
+            **({"checkpoint": self.checkpoint.path} if self.checkpoint is not None else {}),
         }
+
+    def signature(self) -> tuple[Any, ...]:
+        """What every process of a distributed query must agree on (besides the seed)."""
+        what = {k: v for k, v in self.describe(self.qois[0]).items() if k not in ("seed", "device", "qoi")}
+        return (tuple(sorted(what.items())), tuple(repr(q) for q in self.qois), self.size_hint())
 
 
 def internal_influence(
@@ -216,6 +255,10 @@ def internal_influence(
     seed: int | None = None,
     progress: bool = False,
     channels_last: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: float = 60.0,
+    nonfinite: Literal["raise", "skip"] = "raise",
+    distributed: bool | None = None,
 ) -> InfluenceResult | list[InfluenceResult]:
     """Influence of ``qoi`` at the cut of ``slice`` under ``doi``.
 
@@ -243,19 +286,44 @@ def internal_influence(
             (faster convolutions on CPU). ``None`` (default): on CPU, falling back to
             the default layout if the model fails on the first batch (only for models
             with ``Conv2d`` layers); ``False``: never.
+        checkpoint: a file where a population query (``ClassDoI``, ``DatasetDoI``) keeps
+            its progress: the float64 sums, the counts and the number of points done,
+            written atomically every ``checkpoint_every`` seconds (at the end of a chunk
+            of anchors), when the query is interrupted (Ctrl-C, or an error) and at the
+            end. Running the same query again resumes from it and gives exactly the
+            result of an uninterrupted run (bit for bit, with the same batch size);
+            a finished checkpoint returns the result at once. A checkpoint written by a
+            different query (model weights, slice, DoI, QoIs, seed, dtype, device type,
+            data) or a damaged file is refused with a ``ValueError``. With
+            ``seed=None`` the checkpoint's seed is used.
+        checkpoint_every: seconds between checkpoints (0: after every chunk).
+        nonfinite: what to do when a QoI value or a gradient is NaN or infinite:
+            ``"raise"`` a ``ValueError`` naming the anchor and the sample, or ``"skip"``
+            the anchor as a whole (a pooled result averages the other anchors; a
+            pointwise result has NaN values and standard errors for it), with a warning;
+            ``result.query["skipped"]`` counts the skipped anchors.
+        distributed: ``None`` (default): when ``torch.distributed`` is initialised with
+            more than one process, shard the anchors over the processes (every process
+            must make the same call; each returns the whole result); ``False``: run
+            alone; ``True``: shard, and fail if no group is initialised.
 
     Returns:
         :class:`InfluenceResult` (a list of them for a list of QoIs): ``values`` of shape
         ``(N, *unit)`` for a pointwise DoI, ``unit`` for a population DoI, where ``unit``
         is the shape of ``h(x)`` for one point.
     """
-    query = _Query(slice, qoi, doi, inputs, batch_size, device, dtype, multiply_activation, seed, channels_last)
+    query = _Query(slice, qoi, doi, inputs, batch_size, device, dtype, multiply_activation, seed, channels_last, checkpoint, checkpoint_every, nonfinite)
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool (got {type(progress).__name__})")
-    bar = progress_bar(progress, query.size_hint())
+    group = _distributed.current(distributed)
+    total = query.size_hint()
+    if group is not None and query.population is None and total is not None:
+        lo, hi = group.block(total)
+        total = hi - lo
+    bar = progress_bar(progress and (group is None or group.rank == 0), total)
     try:
         with frozen(slice.modules()), torch.inference_mode(False), torch.enable_grad():
-            results = _Integrator(query, bar).run()
+            results = _Integrator(query, bar, group).run()
     finally:
         bar.close()
     return results if query.many else results[0]
@@ -270,12 +338,12 @@ def input_influence(model: nn.Module, qoi: Any, doi: DistributionOfInterest, inp
 
 def _chunk_size(batch_size: int, samples: int, input_numel: int, unit_numel: int) -> int:
     """Anchors per chunk: as many as the memory budget allows (per anchor: the input,
-    and float64 sums, squares and ``δ`` over the unit), up to 4096, and a multiple of
+    and float64 sums, squares and ``δ`` over the unit), up to ``_MAX_CHUNK``, and a multiple of
     ``batch_size / gcd(batch_size, S)`` when possible, so that the chunk's ``n·S`` rows
     fill whole batches."""
     step = batch_size // math.gcd(batch_size, samples)
     per_anchor = 4 * input_numel + 8 * 3 * unit_numel
-    n = max(1, min(4096, _CHUNK_BYTES // per_anchor))
+    n = max(1, min(_MAX_CHUNK, _CHUNK_BYTES // per_anchor))
     return max(step, n // step * step) if step <= n else n
 
 
@@ -311,10 +379,11 @@ class _Chunk:
 
 
 class _Integrator:
-    """The loop of :func:`internal_influence` for one validated query."""
+    """The loop of :func:`internal_influence` for one validated query (this process's
+    share of it, under ``torch.distributed``)."""
 
-    def __init__(self, query: _Query, progress: Any) -> None:
-        self.query, self.progress = query, progress
+    def __init__(self, query: _Query, progress: Any, group: Group | None) -> None:
+        self.query, self.progress, self.group = query, progress, group
         self.slice = query.slice.moved(query.device, query.dtype)
         self.each = query.each
         self.batch_size = query.batch_size
@@ -327,65 +396,340 @@ class _Integrator:
         auto = query.channels_last is None and query.device.type == "cpu" and has_conv
         self.channels_last: bool | str = "auto" if auto else bool(query.channels_last)
         self.accumulators = [ChunkAccumulator(self.each.samples, self.each.groups) for _ in query.qois]
-        self.sinks: list[PopulationMoments | PerPointResults]
-        if query.population is not None:
-            self.sinks = [PopulationMoments() for _ in query.qois]
-        else:
-            assert query.inputs is not None
-            self.sinks = [PerPointResults(query.inputs.shape[0]) for _ in query.qois]
+        self.sinks: list[Any] = []
+        self.skip = query.nonfinite == "skip"
+        self.skipped_ids: list[list[int]] = [[] for _ in query.qois]  # the first few, for the warning
+        self.value_total = torch.zeros(0)  # (Q,) per chunk: Σ q over all its samples
 
     def run(self) -> list[InfluenceResult]:
-        query = self.query
-        if query.population is not None:
-            parts: Iterator[Tensor] = iter(query.population.anchors(self.batch_size))
-        else:
-            assert query.inputs is not None
-            parts = iter([query.inputs])
-        offset = samples = 0
         with _recording(self.slice.model, self.layers) as self.activations:
-            first = next((p for p in parts if p.shape[0]), None)
-            if first is None:
-                raise ValueError(f"doi: {query.doi!r} has no points")
-            chunk_size = self._chunk_size(first)
-            for x in _rebatch(itertools.chain([first], parts), chunk_size):
-                n = x.shape[0]
-                x = x.to(device=query.device, dtype=query.dtype)
-                chunk = self._prepare(x.clone() if x.is_inference() else x, offset)
-                self._integrate(chunk)
-                for acc, sink in zip(self.accumulators, self.sinks):
-                    sink.add(offset, acc.finish())
-                offset += n
-                samples += n * self.each.samples
-                self.progress.update(n)
+            if self.query.population is not None:
+                self._run_population()
+            else:
+                self._run_pointwise()
+        return self._results()
+
+    # --- the two kinds of query ---------------------------------------------------------
+
+    def _run_pointwise(self) -> None:
+        query, group = self.query, self.group
+        inputs = query.inputs
+        assert isinstance(inputs, Tensor)
+        total = inputs.shape[0]
+        lo, hi = (0, total) if group is None else group.block(total)
+        chunk_size, unit = self._probe(inputs[:1])
+        self._agree(chunk_size)
+        self.sinks = [PerPointResults(hi - lo, self.skip) for _ in query.qois]
+        failure: Exception | None = None
+        for start in range(lo, hi, chunk_size):
+            x = inputs[start : min(hi, start + chunk_size)]
+            try:
+                estimates, keep = self._chunk(x, start, start - lo)
+            except Exception as e:
+                if group is None:
+                    raise
+                failure = e  # raised on every process below, not here: the others would hang
+                break
+            for sink, est, k in zip(self.sinks, estimates, keep):
+                sink.add(start - lo, est, k)
+            self.progress.update(x.shape[0])
+        if group is not None:
+            self._raise_failures(failure)
+            for sink in self.sinks:
+                sink.ensure(unit, query.device, self.each.groups)
+                sink.gather(lambda t: group.gather_rows(t, total))
+
+    def _run_population(self) -> None:
+        """Chunks of the population stream in order (under ``torch.distributed``, chunk
+        ``i`` on rank ``i mod W``), with checkpoints at chunk boundaries."""
+        query, group = self.query, self.group
+        assert query.population is not None
+        parts: Iterator[Tensor] = iter(query.population.anchors(self.batch_size))
+        first = next((p for p in parts if p.shape[0]), None)
+        if first is None:
+            raise ValueError(f"doi: {query.doi!r} has no points")
+        chunk_size, unit = self._probe(first)
+        hint = query.population.size_hint()
+        if group is not None and hint:  # every process gets a share of a small population
+            step = self.batch_size // math.gcd(self.batch_size, self.each.samples)
+            share = -(-hint // group.world)
+            chunk_size = min(chunk_size, max(step, -(-share // step) * step))
+        self._agree(chunk_size)
+        self.sinks = [PopulationMoments(unit, query.device) for _ in query.qois]
+        stream: Iterator[Tensor] = itertools.chain([first], parts)
+        position = 0
+        if query.checkpoint is not None:
+            state = self._resume(first)
+            if state is not None:
+                position = state["position"]
+                stream = _skip(stream, position, state["tail"])
+                self.progress.update(position)
+            self.last_save = time.monotonic()
+        last: Tensor | None = None  # the last chunk consumed by this run (raw, as read)
+        clean = True  # the sinks, `position` and `last` agree (not in the middle of an update)
+        failure: Exception | None = None  # distributed: this process's error, raised by all at the end
+        try:
+            for index, raw in enumerate(_rebatch(stream, chunk_size)):
+                if failure is None and (group is None or group.owns(index)):
+                    try:
+                        estimates, keep = self._chunk(raw, position, 0)
+                    except Exception as e:
+                        if group is None:
+                            raise
+                        failure = e
+                    else:
+                        clean = False
+                        for sink, est, k in zip(self.sinks, estimates, keep):
+                            sink.add(position, est, k)
+                position, last = position + raw.shape[0], raw
+                clean = True
+                self.progress.update(raw.shape[0])
+                if group is None:
+                    if query.checkpoint is not None and time.monotonic() - self.last_save >= query.checkpoint.every:
+                        self._save(position, last)
+                elif (index + 1) % group.world == 0:  # a round of W chunks is done
+                    due, failed = self._round(failure)
+                    if failed:
+                        break
+                    if due:
+                        self._save(position, last)
+        except BaseException:
+            # Ctrl-C or an error: keep what is done (alone only: other processes may be
+            # anywhere, and a collective could hang)
+            if query.checkpoint is not None and group is None and clean and last is not None:
+                try:
+                    self._save(position, last)
+                except Exception as e:  # never hide the original error
+                    warnings.warn(f"influence: could not save the checkpoint ({e})", RuntimeWarning, stacklevel=2)
+            raise
+        if group is not None:
+            self._raise_failures(failure)
+            self.sinks = [sink.reduce(group.all_reduce_sum) for sink in self.sinks]
+        if query.checkpoint is not None and last is not None and (group is None or group.rank == 0):
+            self._write(position, last, self.sinks)
+        if all(sink.count == 0 for sink in self.sinks):
+            raise ValueError(f"influence: every anchor of {query.doi!r} has non-finite QoI values or gradients; nothing to average")
+
+    # --- set-up ------------------------------------------------------------------------------
+
+    def _probe(self, first: Tensor) -> tuple[int, tuple[int, ...]]:
+        """The chunk size for inputs like ``first``, and the shape of one unit (``h`` runs
+        on one point)."""
+        x = first[:1].to(device=self.query.device, dtype=self.query.dtype)
+        with torch.no_grad():
+            unit = tuple(x.shape[1:] if self.slice.is_input else self.slice.h(x).shape[1:])
+        return _chunk_size(self.batch_size, self.each.samples, x[0].numel(), math.prod(unit)), unit
+
+    def _agree(self, chunk_size: int) -> None:
+        """Check that every process runs the same query (they must cut the anchors into
+        the same chunks), and use rank 0's seed when none was given."""
+        group, query = self.group, self.query
+        if group is None:
+            return
+        mine = (query.seed if query.seed_given else None, query.signature(), chunk_size)
+        everyone = group.all_gather_object((query.seed, mine))
+        for r, (_, theirs) in enumerate(everyone):
+            if theirs != everyone[0][1]:
+                what = "seed" if theirs[1:] == everyone[0][1][1:] else "query (options, DoI, QoIs, data size or chunking)"
+                raise ValueError(
+                    f"distributed: process {r} runs a different {what} from process 0; every process must make the same call "
+                    "(give the same seed, or seed=None on all of them)"
+                )
+        query.seed = everyone[0][0]
+
+    def _resume(self, first: Tensor) -> dict[str, Any] | None:
+        """Load and check the checkpoint (on rank 0; the others learn the position from
+        it), and continue its sums. ``None`` when there is none yet."""
+        query, group = self.query, self.group
+        assert query.checkpoint is not None
+        state, error, now = None, None, None
+        if group is None or group.rank == 0:
+            try:
+                state = query.checkpoint.load()
+                if state is not None and not query.seed_given:
+                    query.seed = int(state["seed"])
+                now = fingerprint(query, first)
+                if state is not None:
+                    query.checkpoint.check(state, now)
+                    if len(state["sinks"]) != len(self.sinks):
+                        raise ValueError(f"checkpoint: {query.checkpoint.path!r} holds {len(state['sinks'])} QoIs, this query {len(self.sinks)}")
+                    for sink, saved in zip(self.sinks, state["sinks"]):
+                        sink.load_state(saved)
+            except ValueError as e:
+                error = str(e)
+        if group is not None:
+            head = None if state is None else {k: state[k] for k in ("position", "tail")}
+            error, head, query.seed, now = group.broadcast_object((error, head, query.seed, now))
+            if group.rank != 0:
+                state = head
+        if error is not None:
+            raise ValueError(error)
+        self.fingerprint = now
+        return state
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def _round(self, failure: Exception | None) -> tuple[bool, bool]:
+        """At the end of a round of ``W`` chunks (distributed): whether to save a
+        checkpoint (rank 0's clock decides) and whether some process has failed (then
+        all stop, and :meth:`_raise_failures` reports it). One small all-reduce."""
+        assert self.group is not None
+        checkpoint = self.query.checkpoint
+        due = checkpoint is not None and self.group.rank == 0 and time.monotonic() - self.last_save >= checkpoint.every
+        flags = self.group.all_reduce_sum(torch.tensor([float(due), float(failure is not None)], dtype=torch.float64))
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _raise_failures(self, failure: Exception | None) -> None:
+        """Raise, on every process, the first error of any process (distributed)."""
+        assert self.group is not None
+        reports = self.group.all_gather_object(None if failure is None else (type(failure).__name__, str(failure)))
+        for r, report in enumerate(reports):
+            if report is None:
+                continue
+            if failure is not None and r == self.group.rank:
+                raise failure
+            kind, message = report
+            if kind in ("ValueError", "TypeError"):
+                raise (ValueError if kind == "ValueError" else TypeError)(message)
+            raise RuntimeError(f"distributed: process {r} failed with {kind}: {message}")
+
+    def _save(self, position: int, last: Tensor) -> None:
+        """Save the sums after ``position`` points (the sums of all processes, written by
+        rank 0, when distributed)."""
+        sinks = self.sinks if self.group is None else [sink.reduce(self.group.all_reduce_sum) for sink in self.sinks]
+        if self.group is None or self.group.rank == 0:
+            self._write(position, last, sinks)
+        self.last_save = time.monotonic()
+
+    def _write(self, position: int, last: Tensor, sinks: list[Any]) -> None:
+        assert self.query.checkpoint is not None
+        m = min(TAIL_ROWS, last.shape[0])
+        self.query.checkpoint.save(
+            {
+                "fingerprint": self.fingerprint,
+                "seed": self.query.seed,
+                "position": position,
+                "tail": [m, hash_rows(last[-m:])],
+                "sinks": [sink.state() for sink in sinks],
+            }
+        )
+
+    # --- one chunk ------------------------------------------------------------------------------
+
+    def _chunk(self, x: Tensor, first_id: int, local: int) -> tuple[list[AnchorEstimates], list[Tensor | None]]:
+        """Integrate the anchors ``x`` (ids ``first_id…``; ``local``: where they go in
+        per-point results): their estimates per QoI, and which anchors to keep (``None``:
+        all) after the non-finite check."""
+        x = x.to(device=self.query.device, dtype=self.query.dtype)
+        chunk = self._prepare(x.clone() if x.is_inference() else x, first_id, local)
+        self._integrate(chunk)
+        estimates = [acc.finish() for acc in self.accumulators]
+        return estimates, self._check_finite(chunk, estimates)
+
+    def _check_finite(self, chunk: _Chunk, estimates: list[AnchorEstimates]) -> list[Tensor | None]:
+        """One host synchronisation per chunk: are all estimates and QoI values finite? If
+        not, raise (naming the first bad anchor and sample) or mark the bad anchors.
+
+        A float64 sum is finite iff all its terms are (one cheap pass, where ``isfinite``
+        is many times slower on the CPU): the per-anchor estimates are summed, and the
+        sums of the QoI values over the chunk's batches. A batch sum in float32 or
+        float16 may overflow although every value is finite; the values are then checked
+        one by one (:meth:`_value_flags`)."""
+        n = chunk.x.shape[0]
+        if bool(torch.isfinite(torch.stack([est.mean.sum() for est in estimates]).sum() + self.value_total.sum())):
+            return [None] * len(estimates)
+        ok = torch.stack([torch.isfinite(est.mean.reshape(n, -1).sum(1)) for est in estimates], 1)
+        if not bool(torch.isfinite(self.value_total).all()):
+            ok &= torch.isfinite(self._value_flags(chunk))
+        if bool(ok.all()):
+            return [None] * len(estimates)
+        if not self.skip:
+            self._raise_nonfinite(chunk, ok)
+        keep: list[Tensor | None] = []
+        for j, good in enumerate(ok.unbind(1)):
+            ids = self.skipped_ids[j]
+            if len(ids) < 10:
+                ids.extend(int(i) + chunk.first_id for i in (~good).nonzero().squeeze(1)[: 10 - len(ids)])
+            keep.append(good)
+        return keep
+
+    def _value_flags(self, chunk: _Chunk) -> Tensor:
+        """``(n, Q)``: ``Σ_k 0·q(x_k)`` over each anchor's samples, NaN where a QoI value
+        is not finite (the chunk's samples evaluated again; only after a fault)."""
+        flags = torch.zeros((chunk.x.shape[0], len(self.query.qois)), dtype=torch.float64, device=chunk.x.device)
+        total = chunk.x.shape[0] * self.each.samples
+        for start in range(0, total, self.batch_size):
+            values, _, _, anchor = self._gradients(chunk, start, min(start + self.batch_size, total))
+            flags.index_add_(0, anchor, torch.stack(values, 1).to(torch.float64).mul_(0))
+        return flags
+
+    def _raise_nonfinite(self, chunk: _Chunk, ok: Tensor) -> None:
+        """Find the first non-finite row of the first bad anchor (recomputing that
+        anchor's samples) and raise a ``ValueError`` that names it."""
+        a = int((~ok).any(1).nonzero()[0])
+        j = int((~ok[a]).nonzero()[0])
+        q, s = self.query.qois[j], self.each.samples
+        anchor = chunk.first_id + a
+        where = f"anchor {anchor}" + (" of the population" if self.query.population is not None else f" (inputs[{anchor}])")
+        found = None
+        for start in range(a * s, (a + 1) * s, self.batch_size):
+            values, grads, _, _ = self._gradients(chunk, start, min(start + self.batch_size, (a + 1) * s))
+            bad_value = ~torch.isfinite(values[j])
+            bad = bad_value | ~torch.isfinite(grads[j].reshape(grads[j].shape[0], -1)).all(1)
+            if bool(bad.any()):
+                r = int(bad.nonzero()[0])
+                found = (start + r - a * s, "QoI value" if bool(bad_value[r]) else "gradient")
+                break
+        delta = self.accumulators[j].delta
+        if found is not None:
+            what = f"non-finite {found[1]} of {q!r} at {where}, sample {found[0]} (of {s} per anchor)"
+        elif delta is not None and not bool(torch.isfinite(delta[a]).all()):
+            what = f"non-finite h(x) - h(baseline) (multiply_activation) at {where}"
+        else:
+            what = f"non-finite estimate of {q!r} at {where}: its gradients are finite but their weighted sum overflows {self.query.dtype}"
+        raise ValueError(f"influence: {what}; pass nonfinite='skip' to drop such anchors (counted in result.query['skipped'])")
+
+    def _results(self) -> list[InfluenceResult]:
+        query, s = self.query, self.each.samples
         results = []
-        for q, sink in zip(query.qois, self.sinks):
+        for j, (q, sink) in enumerate(zip(query.qois, self.sinks)):
             mean, stderr, channel_stderr = sink.result()
+            if isinstance(sink, PopulationMoments):
+                anchors, skipped = sink.count, sink.skipped
+                used = anchors
+            else:
+                anchors = sink.count
+                skipped = 0 if sink.skipped is None else int(sink.skipped.sum())
+                used = anchors - skipped
+            description = query.describe(q)
+            if self.skip:
+                description["skipped"] = skipped
+                if skipped and (self.group is None or self.group.rank == 0):
+                    first = ", ".join(map(str, self.skipped_ids[j]))
+                    warnings.warn(
+                        f"influence: skipped {skipped} anchors with non-finite QoI values or gradients of {q!r} "
+                        f"(e.g. anchors {first}); result.query['skipped'] counts them",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
             results.append(
                 InfluenceResult(
                     values=mean.cpu(),
                     stderr=stderr.cpu(),
-                    samples=samples,
-                    anchors=offset,
+                    samples=used * s,
+                    anchors=anchors,
                     pooled=query.population is not None,
-                    query=query.describe(q),
+                    query=description,
                     channel_stderr=None if channel_stderr is None else channel_stderr.cpu(),
                 )
             )
         return results
 
-    def _chunk_size(self, first: Tensor) -> int:
-        """The chunk size for inputs like ``first`` (``h`` runs on one of them to learn
-        the unit's size)."""
-        x = first[:1].to(device=self.query.device, dtype=self.query.dtype)
-        with torch.no_grad():
-            unit = x[0].numel() if self.slice.is_input else self.slice.h(x)[0].numel()
-        return _chunk_size(self.batch_size, self.each.samples, x[0].numel(), unit)
-
-    def _prepare(self, x: Tensor, offset: int) -> _Chunk:
+    def _prepare(self, x: Tensor, first_id: int, local: int) -> _Chunk:
         """Anchors in the DoI's space (``h`` once per anchor for slice-space DoIs), their
         references, ``δ`` for ``multiply_activation``, and the anchors' outputs."""
         slc, b = self.slice, self.batch_size
-        ids = torch.arange(offset, offset + x.shape[0], device=x.device)
+        ids = torch.arange(first_id, first_id + x.shape[0], device=x.device)
         with torch.no_grad():
             anchors = _no_grad_batched(slc.h, x, b) if self.in_slice_space else x
             reference = self.each.reference(anchors, ids)
@@ -394,13 +738,14 @@ class _Integrator:
             anchor_output = _no_grad_batched(lambda v: slc.g(slc.h(v), v), x, b) if needs_output else None
         n = x.shape[0]
         for acc, sink in zip(self.accumulators, self.sinks):
-            target = (lambda like, sink=sink: sink.view(offset, n, like)) if isinstance(sink, PerPointResults) else None
+            target = (lambda like, sink=sink: sink.view(local, n, like)) if isinstance(sink, PerPointResults) else None
             acc.start(n, delta, target)
+        self.value_total = torch.zeros(len(self.query.qois), dtype=torch.float64, device=x.device)
         if self.channels_last and anchors.ndim == 4:  # draws then come out channels-last
             anchors = anchors.contiguous(memory_format=torch.channels_last)
             if reference is not None and reference.stride(0) != 0:
                 reference = reference.contiguous(memory_format=torch.channels_last)
-        return _Chunk(x, offset, ids, anchors, reference, anchor_output)
+        return _Chunk(x, first_id, ids, anchors, reference, anchor_output)
 
     def _integrate(self, chunk: _Chunk) -> None:
         """All sample rows of a chunk, ``batch_size`` at a time. On a CUDA out-of-memory
@@ -412,7 +757,7 @@ class _Integrator:
         while start < total:
             stop = min(start + self.batch_size, total)
             try:
-                grads = self._gradients(chunk, start, stop)
+                _, grads, totals, _ = self._gradients(chunk, start, stop)
             except torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise
@@ -432,11 +777,13 @@ class _Integrator:
             self.first_batch = False
             for acc, grad in zip(self.accumulators, grads):
                 acc.add(grad, start, stop)
+            self.value_total.add_(totals[0] if len(totals) == 1 else torch.stack(totals))  # checked per chunk
             start = stop
 
-    def _gradients(self, chunk: _Chunk, start: int, stop: int) -> list[Tensor]:
-        """``w · ∂(q∘g)/∂z`` for rows ``start..stop`` of the chunk, one tensor per QoI,
-        from one forward pass."""
+    def _gradients(self, chunk: _Chunk, start: int, stop: int) -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor]:
+        """QoI values ``q`` and ``w · ∂(q∘g)/∂z`` for rows ``start..stop`` of the chunk,
+        one tensor per QoI, from one forward pass; the sums of the values; and each
+        row's anchor (chunk-local)."""
         rows = Rows.build(start, stop, self.each.samples, chunk.first_id, chunk.x.device)
         points, weights = self.each.draw(chunk.anchors, chunk.reference, rows, self.query.seed)
         if self.channels_last and points.ndim == 4:
@@ -452,7 +799,7 @@ class _Integrator:
         anchor_output = None if chunk.anchor_output is None else _index_output(chunk.anchor_output, rows.anchor)
         context = QoIContext(self.activations, anchor_output)
         w = weights.view(-1, *([1] * (z.ndim - 1))) if self.each.weight is None else self.each.weight
-        grads = []
+        values, grads, totals = [], [], []
         last = len(self.query.qois) - 1
         for j, q in enumerate(self.query.qois):
             value = q(out, context)
@@ -461,9 +808,39 @@ class _Integrator:
                     f"qoi: {q!r} does not depend on the activations at the cut of {self.query.slice!r}; "
                     "a NeuronQoI must name a layer after the cut"
                 )
-            (grad,) = torch.autograd.grad(value.sum(), z, retain_graph=j < last)
+            total = value.sum()
+            (grad,) = torch.autograd.grad(total, z, retain_graph=j < last)
+            values.append(value.detach())
+            totals.append(total.detach())
             grads.append(grad if isinstance(w, float) and w == 1.0 else grad * w)
-        return grads
+        return values, grads, totals, rows.anchor
+
+
+def _skip(parts: Iterator[Tensor], count: int, tail: list[Any]) -> Iterator[Tensor]:
+    """The stream of anchors without its first ``count`` points (done before a
+    checkpoint), after checking that the ``m`` points before them hash as they did
+    (``tail = [m, sha256]``)."""
+    m, digest = int(tail[0]), str(tail[1])
+    seen, window = 0, []
+    for part in parts:
+        n = part.shape[0]
+        if seen >= count:
+            yield part
+            continue
+        lo, hi = max(seen, count - m), min(seen + n, count)
+        if lo < hi:
+            window.append(part[lo - seen : hi - seen])
+        if seen + n >= count:
+            if hash_rows(torch.cat(window)) != digest:
+                raise ValueError(
+                    f"checkpoint: the data differs from the checkpoint's at the point where it stopped (points {count - m}..{count - 1}); "
+                    "the data must be the same and come in the same order (no shuffling). Delete the checkpoint to start afresh"
+                )
+            if seen + n > count:
+                yield part[count - seen :]
+        seen += n
+    if seen < count:
+        raise ValueError(f"checkpoint: the data has {seen} points, fewer than the {count} the checkpoint has done; is it the same data?")
 
 
 def _delta(query: _Query, slc: Slice, x: Tensor, anchors: Tensor, reference: Tensor | None, space_is_slice: bool) -> Tensor:

@@ -21,7 +21,7 @@ Variances are also kept for channel sums (``unit = (C, *spatial)`` summed over
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -41,6 +41,11 @@ class AnchorEstimates:
     mean: Tensor
     var: Tensor | None
     channel_var: Tensor | None
+
+    def select(self, index: Tensor) -> "AnchorEstimates":
+        """The estimates of the anchors ``index`` (copies)."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return AnchorEstimates(self.mean[index], pick(self.var), pick(self.channel_var))
 
 
 class ChunkAccumulator:
@@ -158,13 +163,28 @@ def _zeros_like(t: Tensor) -> Tensor:
 
 
 class PerPointResults:
-    """Level 3 for pointwise DoIs: the estimates of all ``N`` anchors."""
+    """Level 3 for pointwise DoIs: the estimates of ``count`` anchors. Anchors dropped for
+    non-finite values (``keep`` false in :meth:`add`) get NaN estimates and standard
+    errors, and are marked in ``skipped`` (allocated when ``track_skipped``)."""
 
-    def __init__(self, count: int) -> None:
-        self.count = count
+    def __init__(self, count: int, track_skipped: bool = False) -> None:
+        self.count, self.track_skipped = count, track_skipped
         self.mean: Tensor | None = None
         self.var: Tensor | None = None
         self.channel_var: Tensor | None = None
+        self.skipped: Tensor | None = None
+
+    def ensure(self, unit: tuple[int, ...], device: torch.device, groups: int) -> None:
+        """Allocate the results (zeros) if no chunk did: a process with no anchors of its
+        own still takes part in gathering them."""
+        if self.mean is None:
+            self.mean = torch.zeros((self.count, *unit), dtype=torch.float64, device=device)
+            if groups > 1:
+                self.var = torch.zeros_like(self.mean)
+                if len(unit) > 1:
+                    self.channel_var = torch.zeros((self.count, unit[0]), dtype=torch.float64, device=device)
+        if self.track_skipped and self.skipped is None:
+            self.skipped = torch.zeros(self.count, dtype=torch.bool, device=self.mean.device)
 
     def view(self, offset: int, n: int, like: Tensor) -> Tensor:
         """Where anchors ``offset..offset+n`` go (for a :class:`ChunkAccumulator` to sum
@@ -173,29 +193,61 @@ class PerPointResults:
             self.mean = torch.empty((self.count, *like.shape[1:]), dtype=torch.float64, device=like.device)
         return self.mean[offset : offset + n]
 
-    def add(self, offset: int, est: AnchorEstimates) -> None:
+    def add(self, offset: int, est: AnchorEstimates, keep: Tensor | None = None) -> None:
         n = est.mean.shape[0]
         if self.mean is None:
             self.mean = est.mean.new_empty((self.count, *est.mean.shape[1:]))
-            if est.var is not None:
-                self.var = est.var.new_empty((self.count, *est.var.shape[1:]))
-            if est.channel_var is not None:
-                self.channel_var = est.channel_var.new_empty((self.count, *est.channel_var.shape[1:]))
+        if self.var is None and est.var is not None:
+            self.var = est.var.new_empty((self.count, *est.var.shape[1:]))
+        if self.channel_var is None and est.channel_var is not None:
+            self.channel_var = est.channel_var.new_empty((self.count, *est.channel_var.shape[1:]))
         if est.mean.data_ptr() != self.mean[offset].data_ptr():
             self.mean[offset : offset + n] = est.mean
         if self.var is not None and est.var is not None:
             self.var[offset : offset + n] = est.var
         if self.channel_var is not None and est.channel_var is not None:
             self.channel_var[offset : offset + n] = est.channel_var
+        if keep is not None:
+            rows = (~keep).nonzero().squeeze(1) + offset
+            for t in (self.mean, self.var, self.channel_var):
+                if t is not None:
+                    t[rows] = float("nan")
+            if self.skipped is None:
+                self.skipped = torch.zeros(self.count, dtype=torch.bool, device=self.mean.device)
+            self.skipped[rows] = True
+
+    def gather(self, rows: Callable[[Tensor], Tensor]) -> None:
+        """Replace every field by ``rows(field)``: the blocks of all processes, in order
+        (see :meth:`influence._distributed.Group.gather_rows`)."""
+        assert self.mean is not None
+        self.mean = rows(self.mean)
+        self.var = None if self.var is None else rows(self.var)
+        self.channel_var = None if self.channel_var is None else rows(self.channel_var)
+        if self.skipped is not None:
+            self.skipped = rows(self.skipped.to(torch.uint8)).bool()
+        self.count = self.mean.shape[0]
 
     def result(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(mean, stderr, channel stderr)``; zero standard errors without groups."""
+        """``(mean, stderr, channel stderr)``; zero standard errors without groups (NaN
+        for skipped anchors)."""
         assert self.mean is not None
-        stderr = self.var.sqrt() if self.var is not None else _zeros_like(self.mean)
+        skipped = self.skipped if self.skipped is not None and bool(self.skipped.any()) else None
+        if self.var is not None:
+            stderr = self.var.sqrt()
+        elif skipped is not None:
+            stderr = torch.zeros_like(self.mean)
+            stderr[skipped] = float("nan")
+        else:
+            stderr = _zeros_like(self.mean)
         if self.channel_var is not None:
-            channel = self.channel_var.sqrt()
+            channel: Tensor | None = self.channel_var.sqrt()
         elif self.mean.ndim > 2:
-            channel = _zeros_like(self.mean.flatten(2)[:, :, 0])
+            flat = self.mean.flatten(2)[:, :, 0]
+            if skipped is not None:
+                channel = torch.zeros_like(flat)
+                channel[skipped] = float("nan")
+            else:
+                channel = _zeros_like(flat)
         else:
             channel = None
         return self.mean, stderr, channel
@@ -203,23 +255,73 @@ class PerPointResults:
 
 class PopulationMoments:
     """Level 3 for population DoIs: float64 ``Σ m_i`` and ``Σ m_i²`` over anchors (and
-    over their channel sums)."""
+    over their channel sums), the number of anchors ``count`` and of anchors dropped for
+    non-finite values ``skipped``. ``unit`` is the shape of one anchor's estimate."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: tuple[int, ...], device: torch.device) -> None:
+        shapes = [unit] if len(unit) < 2 else [unit, unit[:1]]
+        self.sums = [torch.zeros(s, dtype=torch.float64, device=device) for s in shapes for _ in (0, 1)]
         self.count = 0
-        self.sums: list[Tensor] = []
+        self.skipped = 0
         self.single: AnchorEstimates | None = None
 
-    def add(self, offset: int, est: AnchorEstimates) -> None:
+    def add(self, offset: int, est: AnchorEstimates, keep: Tensor | None = None) -> None:
+        if keep is not None:
+            index = keep.nonzero().squeeze(1)
+            self.skipped += est.mean.shape[0] - index.shape[0]
+            est = est.select(index)
+        n = est.mean.shape[0]
+        if n == 0:
+            return
         channels = channel_sums(est.mean)
         parts = [est.mean] if channels is None else [est.mean, channels]
-        if not self.sums:
-            self.sums = [torch.zeros(p.shape[1:], dtype=torch.float64, device=p.device) for p in parts for _ in (0, 1)]
         for i, p in enumerate(parts):
             self.sums[2 * i] += p.sum(0)
             self.sums[2 * i + 1] += (p * p).sum(0)
-        self.count += est.mean.shape[0]
-        self.single = AnchorEstimates(est.mean.clone(), est.var, est.channel_var) if self.count == 1 else None
+        self.count += n
+        self.single = est.select(torch.zeros(1, dtype=torch.long, device=est.mean.device)) if self.count == 1 else None
+
+    def state(self) -> dict[str, Any]:
+        """The sums and counts, on the CPU (for a checkpoint)."""
+        single = None
+        if self.single is not None:
+            single = [None if t is None else t.cpu() for t in (self.single.mean, self.single.var, self.single.channel_var)]
+        return {"count": self.count, "skipped": self.skipped, "sums": [s.cpu() for s in self.sums], "single": single}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state`; a ``ValueError`` if its shapes do not fit."""
+        sums = state["sums"]
+        if len(sums) != len(self.sums) or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(sums, self.sums)):
+            got = [tuple(a.shape) for a in sums]
+            raise ValueError(f"checkpoint: its sums have shapes {got}, this query's {[tuple(b.shape) for b in self.sums]}")
+        device = self.sums[0].device
+        self.sums = [a.to(device) for a in sums]
+        self.count, self.skipped = int(state["count"]), int(state["skipped"])
+        single = state["single"]
+        self.single = None if single is None else AnchorEstimates(*(None if t is None else t.to(device) for t in single))
+
+    def reduce(self, all_reduce_sum: Callable[[Tensor], Tensor]) -> "PopulationMoments":
+        """The moments summed over processes (``all_reduce_sum`` sums a tensor over all
+        of them), as a new object; this one is left as it is."""
+        own = [torch.zeros_like(s) for s in self.sums[::2]]  # the one anchor's variances, if count == 1
+        if self.single is not None:
+            for i, t in enumerate((self.single.var, self.single.channel_var)[: len(own)]):
+                if t is not None:
+                    own[i] = t[0]
+        head = torch.tensor([self.count, self.skipped], dtype=torch.float64, device=self.sums[0].device)
+        flat = all_reduce_sum(torch.cat([head, *(t.flatten() for t in [*self.sums, *own])]))
+        out = PopulationMoments.__new__(PopulationMoments)
+        out.count, out.skipped = int(flat[0]), int(flat[1])
+        pieces, at = [], 2
+        for t in [*self.sums, *own]:
+            pieces.append(flat[at : at + t.numel()].view(t.shape))
+            at += t.numel()
+        out.sums = pieces[: len(self.sums)]
+        var = pieces[len(self.sums) :]
+        out.single = None
+        if out.count == 1:
+            out.single = AnchorEstimates(out.sums[0][None], var[0][None], var[1][None] if len(var) > 1 else None)
+        return out
 
     def result(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(mean, stderr, channel stderr)``. With one anchor, the standard error is

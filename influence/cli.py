@@ -2,7 +2,8 @@
 
 ``influence run QUERY.yaml`` runs the queries of a YAML file and prints a table per
 query; ``influence validate QUERY.yaml`` checks a file without loading anything heavy;
-``influence layers MODEL`` lists a model's layers with their output shapes. Exit codes:
+``influence layers MODEL`` lists a model's layers with their output shapes; ``influence
+demo`` runs the built-in example end to end and writes its report. Exit codes:
 0 success, 2 a bad query (one line naming the field: ``error: queries[1].doi.steps:
 must be an int >= 1 (got -3)``), 1 a failure while computing.
 """
@@ -10,9 +11,12 @@ must be an int >= 1 (got -3)``), 1 a failure while computing.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -20,6 +24,9 @@ from typing import Any, Sequence
 
 import torch
 
+from . import _distributed
+from ._files import atomic_write
+from ._outputs import Extras
 from .query import BuiltQuery, QueryError, load_data, load_model, load_query_file, region_table, top_table
 from .result import InfluenceResult
 
@@ -33,6 +40,9 @@ examples:
   influence layers examples/top_neurons.yaml           the layers of a query file's model
   influence layers torchvision.models:resnet18 --input-shape 3,224,224
   influence layers model.pt --input-shape 3,32,32      a TorchScript file
+  influence demo                                       the built-in example, end to end:
+                                                       trains two small CNNs, writes
+                                                       influence-demo/report.html
 
 exit codes: 0 success, 2 bad query or arguments, 1 failure while computing.
 The query schema is in the README, section "YAML queries and the command line".
@@ -47,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="print the Python traceback of a failure")
-    sub = parser.add_subparsers(dest="command", metavar="{run,validate,layers}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,validate,layers,demo}")
 
     run = sub.add_parser(
         "run",
@@ -62,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="compute on this device for every query (cpu, cuda, cuda:1, ...)")
     run.add_argument("--out", metavar="DIR", help="where result files go (default: out/<QUERY file name>)")
     run.add_argument("--quiet", action="store_true", help="no tables and no progress bar; only the summary line")
+    run.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="keep the progress of every class/dataset query in DIR/<name>.ckpt; rerunning resumes (a query's own checkpoint: wins)",
+    )
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
@@ -94,7 +109,33 @@ def _parser() -> argparse.ArgumentParser:
     layers.add_argument("--input-shape", help="one point's shape, e.g. 3,32,32 (default for a query YAML: its data's)")
     layers.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     layers.set_defaults(handler=_layers)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the built-in example: a planted shortcut, found and measured",
+        description="Generate glyph images where class 3 carries a red corner cue in training, train a small "
+        "CNN on them and a control CNN without the cue (CPU, seconds), then for both: the top channels for "
+        "f_3 - f_8 with standard errors, what they see, a per-class audit of the corner, the essence check "
+        "and deletion/insertion curves. Writes report.html (self-contained), report.md, summary.json and "
+        "the pictures; needs matplotlib (pip install 'influence-directed[viz]').",
+        epilog="example:\n  influence demo --out demo-report --seed 1\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--out", metavar="DIR", default="influence-demo", help="where the report goes (default: influence-demo)")
+    demo.add_argument("--seed", type=int, default=0, help="seeds data, training and random draws (default: 0)")
+    demo.add_argument("--quick", action="store_true", help="fewer images and quadrature steps (same models and checks)")
+    demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    demo.set_defaults(handler=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    if args.seed < 0:
+        raise QueryError("--seed", f"must be an int >= 0 (got {args.seed})")
+    run_demo(args.out, seed=args.seed, quick=args.quick)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,25 +184,51 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Under ``torchrun`` every process runs every query on its share of the anchors;
+    only rank 0 prints and writes files (the others write to a scratch folder, removed)."""
+    started = _distributed.init_from_env()
+    try:
+        if _distributed.rank() != 0:
+            with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
+                return _run_queries(args, Path(scratch))
+        return _run_queries(args, None)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
+
+
+def _run_queries(args: argparse.Namespace, scratch: Path | None) -> int:
     start = time.perf_counter()
     qfile = load_query_file(args.query)
-    out_dir = Path(args.out) if args.out else Path("out") / Path(args.query).stem
-    show = not args.quiet
+    out_dir = scratch or (Path(args.out) if args.out else Path("out") / Path(args.query).stem)
+    show = not args.quiet and scratch is None
     progress = show and sys.stdout.isatty()
     session = _with_context(lambda: qfile.prepare(device=args.device), "loading the model and data: ")
     # every query is built and checked against the model and data before any runs
     built = [_with_context(lambda: session.build(spec.index), f"query {spec.name!r} ({spec.path}): ") for spec in qfile.queries]
+    if args.checkpoint:
+        folder = Path(args.checkpoint)
+        folder.mkdir(parents=True, exist_ok=True)
+        for query in built:
+            if not query.spec.pointwise and "checkpoint" not in query.options:
+                query.options["checkpoint"] = folder / f"{query.spec.name}.ckpt"
+    extras = Extras(out_dir, qfile.source)
+    extras.check(built)  # matplotlib present if pictures are asked for, before anything runs
     written: list[Path] = []
     for query in built:
-        results = _with_context(lambda: query.run(progress=progress), f"query {query.spec.name!r} ({query.spec.path}): ")
+        context = f"query {query.spec.name!r} ({query.spec.path}): "
+        results = _with_context(lambda: query.run(progress=progress), context)
         report = _report(query, results)
+        analyses, pictures, text = _with_context(lambda: extras.run(query, results), context)
         if show:
             print(_format_report(query, results, report))
+            if text:
+                print(text)
             print()
         if query.spec.output["save"]:
-            written += _save(query, results, report, out_dir, qfile.source)
-        if query.spec.output["plots"] and show:
-            print(f"note: {query.spec.name}: {_plots_note()}", file=sys.stderr)
+            written += _save(query, results, report, out_dir, qfile.source, analyses)
+        written += pictures
+    written += extras.finish()
     elapsed = time.perf_counter() - start
     n = len(built)
     what = f"ran {n} quer{'y' if n == 1 else 'ies'} in {elapsed:.1f} s"
@@ -181,14 +248,6 @@ def _with_context(fn: Any, context: str) -> Any:
     except Exception as e:
         e._influence_context = context  # type: ignore[attr-defined]
         raise
-
-
-def _plots_note() -> str:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return "output.plots needs matplotlib (pip install 'influence-directed[plots]'); no plots drawn"
-    return "output.plots is accepted but plots are not drawn yet (they come with a later release)"
 
 
 def _report(query: BuiltQuery, results: list[InfluenceResult]) -> list[dict[str, Any]]:
@@ -247,9 +306,12 @@ def _format_report(query: BuiltQuery, results: list[InfluenceResult], report: li
     return "\n".join(lines)
 
 
-def _save(query: BuiltQuery, results: list[InfluenceResult], report: list[dict[str, Any]], out_dir: Path, source: str) -> list[Path]:
-    """``<name>.json`` (the query as run, and per QoI its top-k and regions) and the full
-    results, ``<name>.pt`` (``<name>.<j>.pt`` for the j-th of a list of QoIs)."""
+def _save(
+    query: BuiltQuery, results: list[InfluenceResult], report: list[dict[str, Any]], out_dir: Path, source: str, analyses: dict[str, Any] | None = None
+) -> list[Path]:
+    """``<name>.json`` (the query as run, per QoI its top-k and regions, and the audit,
+    essence check and curves asked for) and the full results, ``<name>.pt``
+    (``<name>.<j>.pt`` for the j-th of a list of QoIs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     name = query.spec.name
     files = []
@@ -258,9 +320,9 @@ def _save(query: BuiltQuery, results: list[InfluenceResult], report: list[dict[s
         result.save(path)
         entry["file"] = path.name
         files.append(path)
-    payload = {"name": name, "query_file": source, "query": query.spec.echo(), "results": report}
+    payload = {"name": name, "query_file": source, "query": query.spec.echo(), "results": report, **(analyses or {})}
     json_path = out_dir / f"{name}.json"
-    json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    atomic_write(json_path, (json.dumps(payload, indent=2, default=str) + "\n").encode("utf-8"))
     return [json_path, *files]
 
 

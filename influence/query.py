@@ -59,6 +59,7 @@ from slices._cut import find_module
 
 from ._engine import internal_influence
 from ._frozen import frozen
+from ._rankings import RANKINGS
 from .result import InfluenceResult
 
 __all__ = [
@@ -692,6 +693,21 @@ OPTION_KEYS = (
 )
 
 
+def _parse_checkpoint(value: Any, path: str, ctx: _Ctx) -> Path:
+    """A checkpoint file (it need not exist yet; its folder must); relative to the query
+    file's folder."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise QueryError(path, f"must be a file path (got {_show(value)})")
+    target = Path(value).expanduser()
+    if not target.is_absolute():
+        target = ctx.folder / target
+    if target.is_dir():
+        raise QueryError(path, f"{str(target)!r} is a folder; give a file path, e.g. {str(target / 'query.ckpt')!r}")
+    if not target.parent.is_dir():
+        raise QueryError(path, f"folder not found: {str(target.parent)!r} (relative paths are read from the query file's folder)")
+    return target
+
+
 def _parse_batch_size(value: Any, path: str, ctx: _Ctx) -> Any:
     if isinstance(value, str) and value == "auto":
         return value
@@ -785,12 +801,79 @@ def _parse_regions(value: Any, path: str, ctx: _Ctx) -> dict[str, dict[str, Any]
     return out
 
 
+PLOT_KINDS = ("heatmaps", "neuron_grid", "contrast", "audit_bars", "curves", "essence")
+"""The pictures ``output.plots`` can ask for (see :mod:`influence._outputs`)."""
+
+
+def _parse_plots(value: Any, path: str, ctx: _Ctx) -> bool | list[str]:
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, list):
+        raise QueryError(path, f"must be true (every picture that applies), false, or a list of {', '.join(PLOT_KINDS)} (got {_show(value)})")
+    return list(dict.fromkeys(Choice(PLOT_KINDS)(v, _join(path, i), ctx) for i, v in enumerate(value)))
+
+
+def _parse_audit_region(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+    region = REGION_SCHEMA.parse(value, path, ctx, what="a region")
+    if (region["box"] is None) == (region["mask"] is None):
+        raise QueryError(path, "give exactly one of box: [top, bottom, left, right] or mask: ARRAY")
+    return region
+
+
+def _parse_rankings(value: Any, path: str, ctx: _Ctx) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise QueryError(path, f"must be a non-empty list of {', '.join(RANKINGS)} (got {_show(value)})")
+    return list(dict.fromkeys(Choice(RANKINGS)(v, _join(path, i), ctx) for i, v in enumerate(value)))
+
+
+def _parse_curve_baseline(value: Any, path: str, ctx: _Ctx) -> Any:
+    if isinstance(value, str) and value in ("mean", "blur"):
+        return value
+    try:
+        return Float()(value, path, ctx)
+    except QueryError:
+        raise QueryError(path, f"must be a number, 'mean' or 'blur' (got {_show(value)})") from None
+
+
+AUDIT_SCHEMA = Schema(
+    (
+        Key("region", Custom("a region", _parse_audit_region), REQUIRED, "the region: {box: [top, bottom, left, right]} or {mask: ARRAY, invert: false}"),
+        Key("factor", Float(positive=True), 3.0, "flag a class whose share exceeds factor x its area share"),
+        Key("flag_on", Choice(("positive", "absolute")), "positive", "which share the flag compares"),
+        Key("classes", Maybe(Custom("a list of ints", _int_list)), None, "the classes audited (default: every label)"),
+    )
+)
+
+ESSENCE_SCHEMA = Schema(
+    (
+        Key("k", Custom("a list of ints >= 1", lambda v, p, c: _int_list(v, p, c, minimum=1)), [1, 2, 4, 8], "how many units are kept"),
+        Key("rankings", Custom("a list of rankings", _parse_rankings), ["contrast"], "contrast, influence, gradient_x_activation"),
+        Key("ablation", Choice(("mean", "zero")), "mean", "what the other units become"),
+        Key("draws", Int(1), 100, "random sets of k units to compare with"),
+        Key("by", Maybe(Choice(("unit", "channel"))), None, "keep units or whole channels (default: output.top.by)"),
+    )
+)
+
+CURVES_SCHEMA = Schema(
+    (
+        Key("steps", Int(1), 16, "points 0, 1/steps, ..., 1 on each curve"),
+        Key("baseline", Custom("a number, 'mean' or 'blur'", _parse_curve_baseline), 0.0, "what removed pixels become"),
+        Key("random_orders", Int(1), 4, "random pixel orders averaged for the comparison"),
+    )
+)
+
 OUTPUT_SCHEMA = Schema(
     (
         Key("top", _mapping_check(TOP_SCHEMA, "a top-k table"), TOP_SCHEMA.parse({}, "", _Ctx(Path("."))), "the table printed"),
         Key("save", Bool(), True, "write <out>/<name>.json and <name>.pt"),
-        Key("plots", Bool(), False, "plots (need matplotlib; not drawn yet, see README)"),
+        Key("plots", Custom("true, false or a list of pictures", _parse_plots), False, "PNG pictures (matplotlib: the viz extra)"),
         Key("regions", Custom("a mapping of regions", _parse_regions), {}, "report the sum and |share| of influence per region"),
+        Key("audit", Maybe(_mapping_check(AUDIT_SCHEMA, "an audit")), None, "per class, the share of attribution in a region"),
+        Key("essence", Maybe(_mapping_check(ESSENCE_SCHEMA, "an essence check")), None, "keep the top-k units, AUC against random units"),
+        Key("curves", Maybe(_mapping_check(CURVES_SCHEMA, "curves")), None, "deletion and insertion curves of the attributions"),
+        Key("report", Bool(), False, "add the query to <out>/report.html and report.md"),
     )
 )
 
@@ -803,6 +886,7 @@ QUERY_SCHEMA = Schema(
         Key("inputs", Maybe(_mapping_check(INPUTS_SCHEMA, "a selection")), None, "pointwise DoIs: which data points to explain (default: all)"),
         Key("output", _mapping_check(OUTPUT_SCHEMA, "an output mapping"), OUTPUT_SCHEMA.parse({}, "", _Ctx(Path("."))), "what to print and save"),
         *(Key(k.name, k.check, None, k.doc) for k in OPTION_KEYS),
+        Key("checkpoint", Maybe(Custom("a file path", _parse_checkpoint)), None, "class and dataset DoIs: a file keeping the query's progress; a rerun resumes from it"),
     )
 )
 
@@ -818,6 +902,9 @@ SECTIONS: dict[str, Schema] = {
     "queries[].output": OUTPUT_SCHEMA,
     "queries[].output.top": TOP_SCHEMA,
     "queries[].output.regions.<name>": REGION_SCHEMA,
+    "queries[].output.audit": AUDIT_SCHEMA,
+    "queries[].output.essence": ESSENCE_SCHEMA,
+    "queries[].output.curves": CURVES_SCHEMA,
 }
 """Every section's schema, by where it appears in the file (the README lists them all)."""
 
@@ -986,6 +1073,10 @@ def parse_query(document: Any, folder: str | os.PathLike[str] = ".", *, source: 
             raise QueryError(_join(path, "name"), f"{name!r} is already the name of queries[{names[name]}]; names must be unique")
         names[name] = i
         options = {k.name: defaults[k.name] if q[k.name] is None else q[k.name] for k in OPTION_KEYS}
+        if q["checkpoint"] is not None:
+            if DOI_KINDS[q["doi"]["kind"]].pointwise:
+                raise QueryError(_join(path, "checkpoint"), f"applies to class and dataset DoIs (pooled queries); a {q['doi']['kind']} DoI is not checkpointed")
+            options["checkpoint"] = q["checkpoint"]
         spec = QuerySpec(i, name, q["slice"], q["doi"], q["qoi"], q["inputs"], q["output"], options)
         _cross_check(spec, q, data)
         queries.append(spec)
@@ -1011,11 +1102,40 @@ def _cross_check(spec: QuerySpec, raw: dict[str, Any], data: dict[str, Any]) -> 
     inputs = spec.inputs or {}
     if inputs.get("label") is not None and inputs.get("indices") is not None:
         raise QueryError(_join(path, "inputs"), "give label or indices, not both")
+    _cross_check_output(spec, data)
     if data["labels"] is None:
         if spec.doi["kind"] == "class":
             raise QueryError(_join(path, "doi.label"), "a class DoI needs labels, but data.labels is null")
         if inputs.get("label") is not None:
             raise QueryError(_join(path, "inputs.label"), "needs labels, but data.labels is null")
+
+
+def _cross_check_output(spec: QuerySpec, data: dict[str, Any]) -> None:
+    """What the pictures and analyses of ``output`` need from the rest of the query."""
+    out, path = spec.output, _join(spec.path, "output")
+    at_input = spec.slice["layer"] is None
+    for key, needs_input in (("audit", True), ("curves", True), ("essence", False)):
+        if out[key] is None:
+            continue
+        where = _join(path, key)
+        if needs_input != at_input:
+            raise QueryError(where, "attributes to the input; use it in a query with slice: null" if needs_input else "keeps units of a layer; use it in a query with a slice (a layer name)")
+        if key != "curves" and data["labels"] is None:
+            raise QueryError(where, "needs labels, but data.labels is null")
+    if out["curves"] is not None and not spec.pointwise:
+        raise QueryError(_join(path, "curves"), f"needs one attribution per image: a point, line or noise DoI (got {spec.doi['kind']})")
+    if out["essence"] is not None and (isinstance(spec.qoi, list) or spec.qoi["kind"] not in ("class", "comparative")):
+        raise QueryError(_join(path, "essence"), "measures how one class or one comparison separates: use qoi kind class or comparative")
+    if isinstance(out["plots"], list):
+        for i, kind in enumerate(out["plots"]):
+            where = _join(_join(path, "plots"), i)
+            needs = {"audit_bars": "audit", "curves": "curves", "essence": "essence"}.get(kind)
+            if needs is not None and out[needs] is None:
+                raise QueryError(where, f"{kind} draws the result of output.{needs}; add output.{needs}")
+            if kind == "heatmaps" and not at_input:
+                raise QueryError(where, "heatmaps are drawn over the inputs; use them in a query with slice: null")
+            if kind == "neuron_grid" and at_input:
+                raise QueryError(where, "neuron_grid explains the top units of a layer; use it in a query with a slice")
 
 
 # --- loading: the session ------------------------------------------------------------------------
@@ -1332,7 +1452,7 @@ class BuiltQuery:
             result = internal_influence(self.slice, self.qoi, self.doi, self.inputs, progress=progress, **self.options)
         except (ValueError, TypeError) as e:
             arg = str(e).partition(":")[0]
-            fields = {"qoi": "qoi", "inputs": "inputs", "device": "device", "dtype": "dtype", "batch_size": "batch_size", "seed": "seed", "doi": "doi"}
+            fields = {"qoi": "qoi", "inputs": "inputs", "device": "device", "dtype": "dtype", "batch_size": "batch_size", "seed": "seed", "doi": "doi", "checkpoint": "checkpoint"}
             if arg in fields:
                 raise QueryError(_join(self.spec.path, fields[arg]), str(e).partition(":")[2].strip()) from None
             raise

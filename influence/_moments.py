@@ -119,6 +119,10 @@ class ChunkAccumulator:
             local = torch.arange(start, stop, device=rows.device) // m - first
             groups = torch.zeros((last - first + 1, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
             groups.index_add_(0, local, rows)
+        s = self.samples
+        if self.carry is None and self.delta is None and start % s == 0 and stop % s == 0:
+            self._add_whole_anchors(groups, start // s)
+            return
         groups = groups.double()
         if self.carry is not None:
             groups[0] += self.carry
@@ -137,6 +141,20 @@ class ChunkAccumulator:
         channels = channel_sums(groups)
         if channels is not None:
             sums[2].index_add_(0, anchor, channels * channels)
+
+    def _add_whole_anchors(self, groups: Tensor, first: int) -> None:
+        """The batch holds whole anchors: reduce each anchor's ``G`` group estimates (and
+        their squares) in the compute dtype with a reshape, then add the per-anchor
+        partial sums to the float64 sums — no float64 copy of every row."""
+        per_anchor = groups.view(-1, self.groups, *groups.shape[1:])
+        n = per_anchor.shape[0]
+        sums = self._sums(groups)
+        sums[0][first : first + n] += per_anchor.sum(1)
+        sums[1][first : first + n] += (per_anchor * per_anchor).sum(1)
+        channels = channel_sums(groups)
+        if channels is not None:
+            c = channels.view(n, self.groups, -1)
+            sums[2][first : first + n] += (c * c).sum(1)
 
     def finish(self) -> AnchorEstimates:
         if self.carry is not None or self.fresh:

@@ -43,6 +43,7 @@ import re
 import sys
 import warnings
 import zipfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -123,14 +124,15 @@ class _Ctx:
     folder: Path
 
 
-class Check:
+class Check(ABC):
     """Validates one value and returns it normalised; ``what`` describes the accepted
     values (used in messages and in the README table)."""
 
     what = "a value"
 
+    @abstractmethod
     def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
-        raise NotImplementedError
+        """The value, normalised, or a :class:`QueryError` naming ``path``."""
 
     def fail(self, path: str, value: Any, extra: str = "") -> QueryError:
         return QueryError(path, f"must be {self.what} (got {_show(value)}){extra}")

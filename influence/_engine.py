@@ -347,7 +347,7 @@ def _chunk_size(batch_size: int, samples: int, input_numel: int, unit_numel: int
     return max(step, n // step * step) if step <= n else n
 
 
-def _no_grad_batched(fn: Any, x: Tensor, batch_size: int) -> Any:
+def no_grad_batched(fn: Any, x: Tensor, batch_size: int) -> Any:
     """``fn(x)`` without autograd, ``batch_size`` rows at a time."""
     with torch.no_grad():
         parts = [fn(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
@@ -731,11 +731,11 @@ class _Integrator:
         slc, b = self.slice, self.batch_size
         ids = torch.arange(first_id, first_id + x.shape[0], device=x.device)
         with torch.no_grad():
-            anchors = _no_grad_batched(slc.h, x, b) if self.in_slice_space else x
+            anchors = no_grad_batched(slc.h, x, b) if self.in_slice_space else x
             reference = self.each.reference(anchors, ids)
             delta = _delta(self.query, slc, x, anchors, reference, self.in_slice_space) if self.query.multiply else None
             needs_output = any(q.needs_anchor_output for q in self.query.qois)
-            anchor_output = _no_grad_batched(lambda v: slc.g(slc.h(v), v), x, b) if needs_output else None
+            anchor_output = no_grad_batched(lambda v: slc.g(slc.h(v), v), x, b) if needs_output else None
         n = x.shape[0]
         for acc, sink in zip(self.accumulators, self.sinks):
             target = (lambda like, sink=sink: sink.view(local, n, like)) if isinstance(sink, PerPointResults) else None
@@ -848,10 +848,10 @@ def _delta(query: _Query, slc: Slice, x: Tensor, anchors: Tensor, reference: Ten
     if space_is_slice:
         delta = anchors if reference is None else anchors - reference
     else:
-        hx = _no_grad_batched(slc.h, x, query.batch_size)
+        hx = no_grad_batched(slc.h, x, query.batch_size)
         if reference is not None and reference.stride(0) == 0:  # one baseline for all anchors
             reference = reference[:1].contiguous()
-        delta = hx if reference is None else hx - _no_grad_batched(slc.h, reference, query.batch_size)
+        delta = hx if reference is None else hx - no_grad_batched(slc.h, reference, query.batch_size)
     return delta.double()
 
 

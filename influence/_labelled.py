@@ -4,10 +4,11 @@ a pair of tensors ``(x, y)`` or a mapping with keys ``"x"`` and ``"y"`` (what
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
+
 
 ACCEPTED = "a pair of tensors (x, y) or a mapping with keys 'x' and 'y'"
 
@@ -44,12 +45,6 @@ def class_list(value: int | Sequence[int] | None, y: Tensor, name: str, owner: s
     return tuple(dict.fromkeys(items))
 
 
-def no_grad_batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
-    """``fn(x)`` without autograd, ``batch_size`` rows at a time, concatenated."""
-    with torch.no_grad():
-        return torch.cat([fn(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-
-
 def pixel_maps(attributions: Tensor, input_ndim: int) -> Tensor:
     """Per-pixel attributions ``(N, H, W)`` from input attributions: ``(N, C, H, W)`` are
     summed over channels, ``(N, H, W)`` are returned as they are."""
@@ -58,14 +53,6 @@ def pixel_maps(attributions: Tensor, input_ndim: int) -> Tensor:
     if attributions.ndim == 3:
         return attributions
     raise ValueError(f"attributions must be (N, C, H, W) or (N, H, W) (got shape {tuple(attributions.shape)}, inputs of {input_ndim} dims)")
-
-
-def check_int(value: Any, name: str, owner: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int (got {type(value).__name__} {value!r})")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum} (got {value})")
-    return value
 
 
 def check_choice(value: Any, name: str, owner: str, options: Sequence[str]) -> str:

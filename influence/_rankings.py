@@ -25,7 +25,7 @@ from slices import Slice
 
 from ._engine import internal_influence
 from ._frozen import frozen
-from ._labelled import no_grad_batched
+from ._engine import no_grad_batched
 from .result import InfluenceResult
 
 RANKINGS = ("contrast", "influence", "gradient_x_activation")

@@ -25,10 +25,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
+from doi._base import check_positive_int as check_int
 from qoi import ComparativeQoI
 from slices import Slice
 
-from ._labelled import check_choice, check_int, class_list, labelled
+from ._labelled import check_choice, class_list, labelled
 from ._rankings import RANKINGS, comparison_mean, rank_units
 from .result import InfluenceResult
 

@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from doi._base import check_positive_int as check_int
+
 from ._frozen import frozen
-from ._labelled import check_int, pixel_maps
+from ._labelled import pixel_maps
 
 __all__ = ["Curves", "deletion_insertion", "trapezoid_area"]
 

@@ -40,11 +40,13 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor
 
+from doi._base import check_positive_int as check_int
 from qoi import ClassQoI, ComparativeQoI, as_qoi
 from slices import Slice
 
+from ._engine import no_grad_batched
 from ._frozen import frozen
-from ._labelled import check_choice, check_int, labelled, no_grad_batched
+from ._labelled import check_choice, labelled
 from ._rankings import RANKINGS, rank_units
 
 __all__ = ["RANKINGS", "ABLATIONS", "EssenceRow", "EssenceResult", "essence_check", "roc_auc"]

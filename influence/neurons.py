@@ -22,12 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from doi import DatasetDoI, LineDoI, PointwiseDoI
+from doi._base import check_positive_int as check_int
 from qoi import NeuronQoI, QoIContext
 from slices import Slice
 
-from ._engine import input_influence
+from ._engine import input_influence, no_grad_batched
 from ._frozen import frozen
-from ._labelled import check_int, class_list, labelled, no_grad_batched, pixel_maps
+from ._labelled import class_list, labelled, pixel_maps
 from .result import InfluenceResult
 
 __all__ = ["NeuronView", "explain_neurons"]

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from doi._base import check_positive_int
+
 __all__ = ["glyph_images", "glyph", "cue_box", "small_cnn", "train", "trained_cnn", "accuracy"]
 
 _SPLITS = ("train", "test")
@@ -36,11 +38,7 @@ _CUE_VALUE = 1.0  # red-channel value of the spurious patch at cue_strength 1
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"glyph_images: {name} must be an int (got {type(value).__name__} {value!r})")
-    if value < minimum:
-        raise ValueError(f"glyph_images: {name} must be >= {minimum} (got {value})")
-    return value
+    return check_positive_int(value, name, "glyph_images", minimum)
 
 
 def glyph(label: int, size: int = 16) -> Tensor:

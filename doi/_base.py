@@ -82,6 +82,10 @@ class PointwiseDoI(DistributionOfInterest):
     samples: int = 1
     groups: int = 1
     weight: float | None = None  # set when every sample has this same weight
+    # True when every sample is an affine combination of the anchor and its reference with
+    # coefficients that do not depend on them (a line): then drawing from (A x + c, A b + c)
+    # gives A·(the samples) + c, for any affine map (see slices._affine)
+    affine_equivariant: bool = False
 
     def reference(self, anchors: Tensor, anchor_id: Tensor) -> Tensor | None:
         """The reference point of each anchor, ``(n, *shape)``, or ``None`` for zero."""

@@ -64,6 +64,7 @@ class LineDoI(PointwiseDoI):
     """
 
     groups = 1
+    affine_equivariant = True
 
     def __init__(self, baseline: Baseline = 0.0, steps: int = 32, rule: Rule = "gauss-legendre", space: Space = "input") -> None:
         if not (isinstance(baseline, (Real, Tensor)) or callable(baseline)) or isinstance(baseline, bool):

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from doi import DistributionOfInterest, PointwiseDoI, PopulationDoI, Rows
 from qoi import QoIContext, QuantityOfInterest, as_qoi
 from slices import Slice
+from slices._affine import AffinePrefix
 from slices._cut import find_module
 
 from . import _distributed
@@ -132,6 +133,7 @@ class _Query:
         checkpoint: Any = None,
         checkpoint_every: Any = 60.0,
         nonfinite: Any = "raise",
+        affine_prefix: Any = True,
     ) -> None:
         if isinstance(slice, nn.Module):
             raise TypeError("slice: expected a slices.Slice (got an nn.Module); use Slice(model, layer) or input_influence(model, ...)")
@@ -180,6 +182,9 @@ class _Query:
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite: expected 'raise' or 'skip' (got {nonfinite!r})")
         self.nonfinite: str = nonfinite
+        if not isinstance(affine_prefix, bool):
+            raise TypeError(f"affine_prefix: expected a bool (got {type(affine_prefix).__name__})")
+        self.affine_prefix = affine_prefix
         self.checkpoint: Checkpoint | None = None
         if checkpoint is not None:
             if self.population is None:
@@ -259,6 +264,7 @@ def internal_influence(
     checkpoint_every: float = 60.0,
     nonfinite: Literal["raise", "skip"] = "raise",
     distributed: bool | None = None,
+    affine_prefix: bool = True,
 ) -> InfluenceResult | list[InfluenceResult]:
     """Influence of ``qoi`` at the cut of ``slice`` under ``doi``.
 
@@ -306,13 +312,21 @@ def internal_influence(
             more than one process, shard the anchors over the processes (every process
             must make the same call; each returns the whole result); ``False``: run
             alone; ``True``: shard, and fail if no group is initialised.
+        affine_prefix: for a line DoI in the space of the cut (integrated gradients at
+            the input, a slice-space line at a layer), run the affine layers right after
+            the cut (linear, convolution, batch norm, pooling, reshapes) once per anchor
+            instead of once per sample: lines stay lines through them, and the summed
+            gradient is pulled back through them once per anchor (exact, by linearity;
+            :mod:`slices._affine`). ``False``: run all of ``g`` per sample.
 
     Returns:
         :class:`InfluenceResult` (a list of them for a list of QoIs): ``values`` of shape
         ``(N, *unit)`` for a pointwise DoI, ``unit`` for a population DoI, where ``unit``
         is the shape of ``h(x)`` for one point.
     """
-    query = _Query(slice, qoi, doi, inputs, batch_size, device, dtype, multiply_activation, seed, channels_last, checkpoint, checkpoint_every, nonfinite)
+    query = _Query(
+        slice, qoi, doi, inputs, batch_size, device, dtype, multiply_activation, seed, channels_last, checkpoint, checkpoint_every, nonfinite, affine_prefix
+    )
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected a bool (got {type(progress).__name__})")
     group = _distributed.current(distributed)
@@ -336,13 +350,14 @@ def input_influence(model: nn.Module, qoi: Any, doi: DistributionOfInterest, inp
     return internal_influence(Slice(model, None), qoi, doi, inputs, **options)
 
 
-def _chunk_size(batch_size: int, samples: int, input_numel: int, unit_numel: int) -> int:
+def _chunk_size(batch_size: int, samples: int, input_numel: int, unit_numel: int, frontier_numel: int = 0) -> int:
     """Anchors per chunk: as many as the memory budget allows (per anchor: the input,
-    and float64 sums, squares and ``δ`` over the unit), up to ``_MAX_CHUNK``, and a multiple of
+    float64 sums, squares and ``δ`` over the unit, and the two ends of the line and a
+    float64 sum at an affine prefix's frontier), up to ``_MAX_CHUNK``, and a multiple of
     ``batch_size / gcd(batch_size, S)`` when possible, so that the chunk's ``n·S`` rows
     fill whole batches."""
     step = batch_size // math.gcd(batch_size, samples)
-    per_anchor = 4 * input_numel + 8 * 3 * unit_numel
+    per_anchor = 4 * input_numel + 8 * 3 * unit_numel + 16 * frontier_numel
     n = max(1, min(_MAX_CHUNK, _CHUNK_BYTES // per_anchor))
     return max(step, n // step * step) if step <= n else n
 
@@ -376,6 +391,8 @@ class _Chunk:
     anchors: Tensor  # (n, *space) the anchors in the DoI's space (x, or h(x))
     reference: Tensor | None  # (n, *space) the DoI's reference points (baselines)
     anchor_output: Any  # the model's output at the anchors, for QoIs that need it
+    delta: Tensor | None  # (n, *unit) float64 h(x) − h(b), for multiply_activation
+    frontier: list[tuple[Tensor, Tensor]]  # per frontier tensor of the affine prefix: (a(x), a(b))
 
 
 class _Integrator:
@@ -395,7 +412,11 @@ class _Integrator:
         has_conv = self.slice.model is not None and any(isinstance(m, nn.Conv2d) for m in self.slice.model.modules())
         auto = query.channels_last is None and query.device.type == "cpu" and has_conv
         self.channels_last: bool | str = "auto" if auto else bool(query.channels_last)
-        self.accumulators = [ChunkAccumulator(self.each.samples, self.each.groups) for _ in query.qois]
+        # set by _probe when the query can use one: the affine prefix of g (a line in the
+        # cut's space) or of h (a line in input space, the cut inside the model)
+        self.affine: AffinePrefix | None = None
+        self.h_affine: AffinePrefix | None = None
+        self.accumulators: list[list[ChunkAccumulator]] = []  # per QoI, per differentiated tensor
         self.sinks: list[Any] = []
         self.skip = query.nonfinite == "skip"
         self.skipped_ids: list[list[int]] = [[] for _ in query.qois]  # the first few, for the warning
@@ -514,11 +535,27 @@ class _Integrator:
 
     def _probe(self, first: Tensor) -> tuple[int, tuple[int, ...]]:
         """The chunk size for inputs like ``first``, and the shape of one unit (``h`` runs
-        on one point)."""
+        on one point). Finds the affine prefix to use, if any, and sets up the
+        accumulators: one per QoI and differentiated tensor (the cut, or the frontier)."""
         x = first[:1].to(device=self.query.device, dtype=self.query.dtype)
         with torch.no_grad():
-            unit = tuple(x.shape[1:] if self.slice.is_input else self.slice.h(x).shape[1:])
-        return _chunk_size(self.batch_size, self.each.samples, x[0].numel(), math.prod(unit)), unit
+            z = x if self.slice.is_input else self.slice.h(x)
+        unit = tuple(z.shape[1:])
+        each = self.each
+        if self.query.affine_prefix and each.affine_equivariant and each.samples > 1 and each.groups == 1:
+            if self.in_slice_space or self.slice.is_input:
+                if not self.layers:  # the layers a NeuronQoI reads must run as modules
+                    self.affine = self.slice.g_affine_prefix(z)
+            elif self.slice.is_split:
+                self.h_affine = self.slice.h_affine_prefix(x)
+        frontier = 0
+        for prefix, v in ((self.affine, z), (self.h_affine, x)):
+            if prefix is not None:
+                with torch.no_grad():
+                    frontier = sum(t[0].numel() for t in prefix.frontier(v))
+        count = 1 if self.affine is None else len(self.affine.frontier(z))
+        self.accumulators = [[ChunkAccumulator(each.samples, each.groups) for _ in range(count)] for _ in self.query.qois]
+        return _chunk_size(self.batch_size, each.samples, x[0].numel(), math.prod(unit), frontier), unit
 
     def _agree(self, chunk_size: int) -> None:
         """Check that every process runs the same query (they must cut the anchors into
@@ -623,8 +660,25 @@ class _Integrator:
         x = x.to(device=self.query.device, dtype=self.query.dtype)
         chunk = self._prepare(x.clone() if x.is_inference() else x, first_id, local)
         self._integrate(chunk)
-        estimates = [acc.finish() for acc in self.accumulators]
+        estimates = [self._finish(accs, chunk) for accs in self.accumulators]
         return estimates, self._check_finite(chunk, estimates)
+
+    def _finish(self, accumulators: list[ChunkAccumulator], chunk: _Chunk) -> AnchorEstimates:
+        """One QoI's estimates for the chunk; at an affine prefix's frontier, the sums
+        pulled back to the cut (``Σ_i A_iᵀ c_i``, batch by batch), then times ``δ``."""
+        if self.affine is None:
+            return accumulators[0].finish()
+        sums = [acc.finish().mean for acc in accumulators]
+        dtype, b = self.query.dtype, self.batch_size
+        mean = torch.cat(
+            [
+                self.affine.pull_back(chunk.anchors[i : i + b].contiguous(), [s[i : i + b].to(dtype) for s in sums]).double()
+                for i in range(0, chunk.x.shape[0], b)
+            ]
+        )
+        if chunk.delta is not None:
+            mean.mul_(chunk.delta)
+        return AnchorEstimates(mean, None, None)
 
     def _check_finite(self, chunk: _Chunk, estimates: list[AnchorEstimates]) -> list[Tensor | None]:
         """One host synchronisation per chunk: are all estimates and QoI values finite? If
@@ -675,12 +729,13 @@ class _Integrator:
         for start in range(a * s, (a + 1) * s, self.batch_size):
             values, grads, _, _ = self._gradients(chunk, start, min(start + self.batch_size, (a + 1) * s))
             bad_value = ~torch.isfinite(values[j])
-            bad = bad_value | ~torch.isfinite(grads[j].reshape(grads[j].shape[0], -1)).all(1)
+            rows = torch.cat([g.reshape(g.shape[0], -1) for g in grads[j]], 1)
+            bad = bad_value | ~torch.isfinite(rows).all(1)
             if bool(bad.any()):
                 r = int(bad.nonzero()[0])
                 found = (start + r - a * s, "QoI value" if bool(bad_value[r]) else "gradient")
                 break
-        delta = self.accumulators[j].delta
+        delta = chunk.delta
         if found is not None:
             what = f"non-finite {found[1]} of {q!r} at {where}, sample {found[0]} (of {s} per anchor)"
         elif delta is not None and not bool(torch.isfinite(delta[a]).all()):
@@ -736,16 +791,21 @@ class _Integrator:
             delta = _delta(self.query, slc, x, anchors, reference, self.in_slice_space) if self.query.multiply else None
             needs_output = any(q.needs_anchor_output for q in self.query.qois)
             anchor_output = no_grad_batched(lambda v: slc.g(slc.h(v), v), x, b) if needs_output else None
+            prefix = self.affine or self.h_affine
+            frontier = [] if prefix is None else _line_ends(prefix, anchors, reference, b)
         n = x.shape[0]
-        for acc, sink in zip(self.accumulators, self.sinks):
+        for accs, sink in zip(self.accumulators, self.sinks):
+            if self.affine is not None:  # sums at the frontier, pulled back and times δ in _finish
+                for acc in accs:
+                    acc.start(n, None)
+                continue
             target = (lambda like, sink=sink: sink.view(local, n, like)) if isinstance(sink, PerPointResults) else None
-            acc.start(n, delta, target)
+            accs[0].start(n, delta, target)
         self.value_total = torch.zeros(len(self.query.qois), dtype=torch.float64, device=x.device)
-        if self.channels_last and anchors.ndim == 4:  # draws then come out channels-last
-            anchors = anchors.contiguous(memory_format=torch.channels_last)
-            if reference is not None and reference.stride(0) != 0:
-                reference = reference.contiguous(memory_format=torch.channels_last)
-        return _Chunk(x, first_id, ids, anchors, reference, anchor_output)
+        chunk = _Chunk(x, first_id, ids, anchors, reference, anchor_output, delta, frontier)
+        if self.channels_last:  # draws then come out channels-last
+            _set_layout(chunk, torch.channels_last)
+        return chunk
 
     def _integrate(self, chunk: _Chunk) -> None:
         """All sample rows of a chunk, ``batch_size`` at a time. On a CUDA out-of-memory
@@ -770,35 +830,51 @@ class _Integrator:
                 if not (self.channels_last == "auto" and self.first_batch):
                     raise
                 self.channels_last = False
-                chunk.anchors = chunk.anchors.contiguous()
-                if chunk.reference is not None and chunk.reference.stride(0) != 0:
-                    chunk.reference = chunk.reference.contiguous()
+                _set_layout(chunk, torch.contiguous_format)
                 continue
             self.first_batch = False
-            for acc, grad in zip(self.accumulators, grads):
-                acc.add(grad, start, stop)
+            for accs, grad in zip(self.accumulators, grads):
+                for acc, g in zip(accs, grad):
+                    acc.add(g, start, stop)
             self.value_total.add_(totals[0] if len(totals) == 1 else torch.stack(totals))  # checked per chunk
             start = stop
 
-    def _gradients(self, chunk: _Chunk, start: int, stop: int) -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor]:
+    def _gradients(self, chunk: _Chunk, start: int, stop: int) -> tuple[list[Tensor], list[list[Tensor]], list[Tensor], Tensor]:
         """QoI values ``q`` and ``w · ∂(q∘g)/∂z`` for rows ``start..stop`` of the chunk,
-        one tensor per QoI, from one forward pass; the sums of the values; and each
-        row's anchor (chunk-local)."""
+        per QoI, from one forward pass (the gradients at each frontier tensor ``u_i`` of
+        the affine prefix instead of ``z`` when there is one); the sums of the values; and
+        each row's anchor (chunk-local)."""
         rows = Rows.build(start, stop, self.each.samples, chunk.first_id, chunk.x.device)
-        points, weights = self.each.draw(chunk.anchors, chunk.reference, rows, self.query.seed)
-        if self.channels_last and points.ndim == 4:
-            points = points.contiguous(memory_format=torch.channels_last)
-        self.activations.clear()
-        if self.in_slice_space:
-            z = points.detach().requires_grad_(True)
-            out = self.slice.g(z, None if self.slice.is_split else rows.take(chunk.x))
+        seed = self.query.seed
+        if chunk.frontier:  # lines at an affine prefix's frontier: the same nodes and weights on each
+            drawn = [self.each.draw(end, begin, rows, seed) for end, begin in chunk.frontier]
+            weights = drawn[0][1]
+            frontier = [_in_layout(p, self.channels_last) for p, _ in drawn]
         else:
-            z, out = self.slice.forward_cut(points)
-        if self.cut_layer is not None:
-            self.activations[self.cut_layer] = z
+            points, weights = self.each.draw(chunk.anchors, chunk.reference, rows, seed)
+            points = _in_layout(points, self.channels_last)
+        self.activations.clear()
+        if self.affine is not None:  # gradients at g's frontier (pulled back in _finish)
+            wrt = [u.requires_grad_(True) for u in frontier]
+            out = self.affine.rest(*wrt)
+        else:
+            if self.h_affine is not None:  # the rest of h from its frontier, without grad
+                with torch.no_grad():
+                    z = self.h_affine.rest(*frontier)
+                z = z.requires_grad_(True)
+                out = self.slice.g(z)
+            elif self.in_slice_space:
+                z = points.requires_grad_(True)
+                out = self.slice.g(z, None if self.slice.is_split else rows.take(chunk.x))
+            else:
+                z, out = self.slice.forward_cut(points)
+            if self.cut_layer is not None:
+                self.activations[self.cut_layer] = z
+            wrt = [z]
         anchor_output = None if chunk.anchor_output is None else _index_output(chunk.anchor_output, rows.anchor)
         context = QoIContext(self.activations, anchor_output)
-        w = weights.view(-1, *([1] * (z.ndim - 1))) if self.each.weight is None else self.each.weight
+        same = self.each.weight
+        scale = [None if same == 1.0 else same if same is not None else weights.view(-1, *([1] * (t.ndim - 1))) for t in wrt]
         values, grads, totals = [], [], []
         last = len(self.query.qois) - 1
         for j, q in enumerate(self.query.qois):
@@ -809,11 +885,44 @@ class _Integrator:
                     "a NeuronQoI must name a layer after the cut"
                 )
             total = value.sum()
-            (grad,) = torch.autograd.grad(total, z, retain_graph=j < last)
+            grad = torch.autograd.grad(total, wrt, retain_graph=j < last, allow_unused=len(wrt) > 1)
+            grad = [torch.zeros_like(t) if d is None else d for d, t in zip(grad, wrt)]  # a frontier part q ignores
             values.append(value.detach())
             totals.append(total.detach())
-            grads.append(grad if isinstance(w, float) and w == 1.0 else grad * w)
+            grads.append([g if w is None else g * w for g, w in zip(grad, scale)])
         return values, grads, totals, rows.anchor
+
+
+def _line_ends(prefix: AffinePrefix, anchors: Tensor, reference: Tensor | None, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    """Both ends of each anchor's line at an affine prefix's frontier: ``a(x)`` and
+    ``a(b)`` (one row, broadcast, when all anchors share the baseline)."""
+    assert reference is not None
+    ends = no_grad_batched(prefix.frontier, anchors, batch_size)
+    if reference.stride(0) == 0:
+        starts = [t.expand(anchors.shape[0], *t.shape[1:]) for t in prefix.frontier(reference[:1].contiguous())]
+    else:
+        starts = list(no_grad_batched(prefix.frontier, reference, batch_size))
+    return list(zip(ends, starts))
+
+
+def _in_layout(t: Tensor, channels_last: bool | str) -> Tensor:
+    """``t`` channels-last when asked for and 4-D (detached: a fresh sample)."""
+    if channels_last and t.ndim == 4:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.detach()
+
+
+def _set_layout(chunk: _Chunk, layout: torch.memory_format) -> None:
+    """Put the chunk's 4-D anchors, references and frontier ends in ``layout`` (broadcast
+    references stay views)."""
+
+    def put(t: Tensor) -> Tensor:
+        return t.contiguous(memory_format=layout) if t.ndim == 4 and t.stride(0) != 0 else t
+
+    chunk.anchors = put(chunk.anchors)
+    if chunk.reference is not None:
+        chunk.reference = put(chunk.reference)
+    chunk.frontier = [(put(a), put(b)) for a, b in chunk.frontier]
 
 
 def _skip(parts: Iterator[Tensor], count: int, tail: list[Any]) -> Iterator[Tensor]:

@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ._affine import mutates
 from ._cut import Cut
 
 
@@ -51,18 +52,32 @@ class _ModuleSplit:
 
     def __init__(self, h: nn.Module, g: nn.Module, cut: Cut) -> None:
         self._h, self._g, self._cut = h, g, cut
+        self._copy_z = _writes_into_input(g)
 
     def h(self, x: Tensor) -> Tensor:
         return _check_tensor(self._h(x), self._cut)
 
     def g(self, z: Tensor, x: Tensor | None = None) -> Any:
-        return self._g(z)
+        # g's first op writes into z (an in-place ReLU after a batch norm cut): a leaf
+        # that requires grad must not be written into, so g gets a copy
+        return self._g(z.clone() if self._copy_z else z)
 
     def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
         with torch.no_grad():
             z = self._h(x)
         z = _as_leaf(z, self._cut)
-        return z, self._g(z)
+        return z, self.g(z)
+
+
+def _writes_into_input(g: nn.Module) -> bool:
+    """Does ``g`` write into its input in place (as far as can be seen without running it)?"""
+    if isinstance(g, fx.GraphModule):
+        (z,) = [n for n in g.graph.nodes if n.op == "placeholder"]
+        return any(mutates(g, u) and u.args and u.args[0] is z for u in z.users)
+    first = g
+    while isinstance(first, nn.Sequential) and len(first):
+        first = first[0]
+    return getattr(first, "inplace", False) is True
 
 
 class SequentialSplit(_ModuleSplit):
@@ -243,7 +258,7 @@ class HookSplit:
                     f"Slice.g: z has shape {tuple(z.shape)} but layer {self._cut.layer!r} "
                     f"produces {tuple(value.shape)} for these inputs"
                 )
-            return z
+            return z.clone()  # the model may write into it (an in-place ReLU); z stays as given
 
         return self._run(x, substitute)[1]
 
@@ -252,7 +267,7 @@ class HookSplit:
 
         def detach(value: Any) -> Tensor:
             leaf.append(_as_leaf(value, self._cut))
-            return leaf[0]
+            return leaf[0].clone()  # a leaf that requires grad cannot be written into in place
 
         out = self._run(x, detach)[1]
         return leaf[0], out

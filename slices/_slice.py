@@ -14,8 +14,9 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor, nn
 
+from ._affine import AffinePrefix, affine_prefix
 from ._cut import Cut, find_module
-from ._realisations import FunctionSplit, GraphSplit, HookSplit, SequentialSplit
+from ._realisations import FunctionSplit, GraphSplit, HookSplit, SequentialSplit, _ModuleSplit
 
 Realisation = Literal["auto", "sequential", "graph", "hook"]
 _REALISATIONS = ("auto", "sequential", "graph", "hook")
@@ -120,6 +121,19 @@ class Slice:
         is a fresh leaf tensor that requires grad, so gradients of the output stop at
         the cut and no graph is kept for ``h``."""
         return self._impl.forward_cut(x)
+
+    def g_affine_prefix(self, z: Tensor) -> AffinePrefix | None:
+        """``g = rest ∘ prefix`` with ``prefix`` the affine layers right after the cut (see
+        :mod:`slices._affine`), checked on activations ``z``; ``None`` when ``g`` has no
+        such prefix, cannot be traced, or needs the inputs (hook realisation). Call it
+        with the model in eval mode (batch norm is affine only there)."""
+        g = self._impl._g if isinstance(self._impl, (_ModuleSplit, FunctionSplit)) else None
+        return affine_prefix(g, z) if isinstance(g, nn.Module) else None
+
+    def h_affine_prefix(self, x: Tensor) -> AffinePrefix | None:
+        """The same for ``h``: the affine layers right after the input, checked on ``x``
+        (``None`` for the input slice, hooks and user functions)."""
+        return affine_prefix(self._impl._h, x) if isinstance(self._impl, _ModuleSplit) else None
 
     def modules(self) -> list[nn.Module]:
         """The modules whose parameters a query freezes (and restores)."""

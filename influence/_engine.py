@@ -110,9 +110,8 @@ def _model_dtype(model: nn.Module | None) -> torch.dtype | None:
 def _model_device(model: nn.Module | None) -> torch.device | None:
     if model is None:
         return None
-    for t in [*model.parameters(), *model.buffers()]:
-        return t.device
-    return None
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return None if first is None else first.device
 
 
 class _Query:
@@ -421,6 +420,7 @@ class _Integrator:
         self.skip = query.nonfinite == "skip"
         self.skipped_ids: list[list[int]] = [[] for _ in query.qois]  # the first few, for the warning
         self.value_total = torch.zeros(0)  # (Q,) per chunk: Σ q over all its samples
+        self.row_table: tuple[Tensor, Tensor] | None = None  # see _rows
 
     def run(self) -> list[InfluenceResult]:
         with _recording(self.slice.model, self.layers) as self.activations:
@@ -839,12 +839,22 @@ class _Integrator:
             self.value_total.add_(totals[0] if len(totals) == 1 else torch.stack(totals))  # checked per chunk
             start = stop
 
+    def _rows(self, chunk: _Chunk, start: int, stop: int) -> Rows:
+        """Rows ``start..stop`` of the chunk, their anchors and sample indices sliced from
+        tables made once (``r // S`` and ``r % S`` for every row of a chunk)."""
+        s, need = self.each.samples, chunk.x.shape[0] * self.each.samples
+        if self.row_table is None or self.row_table[0].shape[0] < need or self.row_table[0].device != chunk.x.device:
+            r = torch.arange(need, device=chunk.x.device)
+            self.row_table = (r // s, r % s)
+        anchor, index = self.row_table
+        return Rows(start, stop, s, chunk.first_id, anchor[start:stop], index[start:stop])
+
     def _gradients(self, chunk: _Chunk, start: int, stop: int) -> tuple[list[Tensor], list[list[Tensor]], list[Tensor], Tensor]:
         """QoI values ``q`` and ``w · ∂(q∘g)/∂z`` for rows ``start..stop`` of the chunk,
         per QoI, from one forward pass (the gradients at each frontier tensor ``u_i`` of
         the affine prefix instead of ``z`` when there is one); the sums of the values; and
         each row's anchor (chunk-local)."""
-        rows = Rows.build(start, stop, self.each.samples, chunk.first_id, chunk.x.device)
+        rows = self._rows(chunk, start, stop)
         seed = self.query.seed
         if chunk.frontier:  # lines at an affine prefix's frontier: the same nodes and weights on each
             drawn = [self.each.draw(end, begin, rows, seed) for end, begin in chunk.frontier]

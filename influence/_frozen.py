@@ -13,13 +13,15 @@ def frozen(modules: list[nn.Module]) -> Iterator[None]:
     """Put every module in eval mode and every parameter to ``requires_grad=False``;
     restore both on exit, also when the body raises. With frozen weights the part of
     the network before the cut records no autograd graph."""
-    flags = {}
-    modes = {}
+    modes: dict[nn.Module, bool] = {}  # the modules in training mode
+    flags: dict[nn.Parameter, bool] = {}  # the parameters that require grad
     for root in modules:
         for m in root.modules():
-            modes.setdefault(m, m.training)
-        for p in root.parameters():
-            flags.setdefault(p, p.requires_grad)
+            if m.training:
+                modes[m] = True
+            for p in m._parameters.values():  # one walk over the modules
+                if p is not None and p.requires_grad:
+                    flags[p] = True
     try:
         for m in modes:
             m.training = False
@@ -27,7 +29,7 @@ def frozen(modules: list[nn.Module]) -> Iterator[None]:
             p.requires_grad_(False)
         yield
     finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-        for m, mode in modes.items():
-            m.training = mode
+        for p in flags:
+            p.requires_grad_(True)
+        for m in modes:
+            m.training = True

@@ -159,9 +159,8 @@ class Slice:
             return self
         if self.model is None:
             return self
-        tensors = [*self.model.parameters(), *self.model.buffers()]
-        floating = [t for t in tensors if t.is_floating_point()]
-        if all(t.device == device for t in tensors) and all(t.dtype == dtype for t in floating):
+        tensors = (t for m in self.model.modules() for d in (m._parameters, m._buffers) for t in d.values() if t is not None)
+        if all(t.device == device and (t.dtype == dtype or not t.is_floating_point()) for t in tensors):
             return self
         model = copy.deepcopy(self.model).to(device=device, dtype=dtype)
         return Slice(model, self.cut, realisation=self.realisation if self.cut is not None else "auto")

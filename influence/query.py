@@ -692,6 +692,8 @@ OPTION_KEYS = (
     Key("dtype", Maybe(Choice(DTYPES)), None, "compute precision (null: the model's)"),
     Key("device", Maybe(Custom("a device name", _parse_device)), None, "where to compute (null: the model's); --device overrides"),
     Key("channels_last", Maybe(Bool()), None, "4-D batches in channels-last layout (null: on CPU for conv models, with fallback)"),
+    Key("affine_prefix", Bool(), True, "lines: run the affine layers after the line's space once per point, not per sample (exact)"),
+    Key("nonfinite", Choice(("raise", "skip")), "raise", "NaN/inf QoI values or gradients: raise naming the point, or skip the point"),
 )
 
 

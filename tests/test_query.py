@@ -48,6 +48,10 @@ def half(x):
     """A callable baseline: half of each point."""
     return 0.5 * x
 
+def nan_like(x):
+    """A baseline of NaNs (every gradient on the line is NaN)."""
+    return x * float("nan")
+
 class TwoHeads(nn.Module):
     def __init__(self):
         super().__init__()
@@ -278,6 +282,21 @@ def test_slice_and_engine_options(folder: Path, model: torch.nn.Module, data: di
     assert torch.equal(got.values, want.values)
 
 
+def test_affine_prefix_and_nonfinite_options(folder: Path, model: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """``affine_prefix: false`` and ``nonfinite: skip`` reach the engine."""
+    query = {"slice": "layer2", "doi": {"kind": "line", "steps": 4}, "qoi": {"kind": "class", "label": 1}, "inputs": {"limit": 3}, "affine_prefix": False}
+    (got,) = run_yaml(document(query, defaults={"dtype": "float64"}), folder)
+    want = internal_influence(Slice(model, "layer2"), ClassQoI(1), LineDoI(steps=4), data["x"][:3], dtype=torch.float64, seed=0, affine_prefix=False)
+    assert torch.equal(got.values, want.values)
+    query = {"doi": {"kind": "line", "steps": 4, "baseline": {"callable": "helpers:nan_like"}}, "qoi": {"kind": "class", "label": 1}, "inputs": {"limit": 2}, "nonfinite": "skip"}
+    with pytest.warns(RuntimeWarning, match="skipped 2 anchors"):
+        (got,) = run_yaml(document(query), folder)
+    assert got.query["skipped"] == 2 and torch.isnan(got.values).all()
+    query["nonfinite"] = "ignore"
+    with pytest.raises(QueryError, match=r"queries\[0\]\.nonfinite: must be one of 'raise', 'skip'"):
+        run_yaml(document(query), folder)
+
+
 def test_output_selector_on_a_dict_model(folder: Path, helpers: Any, data: dict[str, torch.Tensor]) -> None:
     """``output: b`` (a key) and ``output: {callable: ...}`` pick a head of a model that
     returns a dict, like ``ClassQoI(c, output="b")``."""
@@ -329,7 +348,8 @@ def test_data_factory_and_defaults(tmp_path: Path) -> None:
     }
     qfile = parse_query(doc, tmp_path)
     assert qfile.queries[0].options == {
-        "batch_size": "auto", "seed": 11, "multiply_activation": True, "dtype": None, "device": None, "channels_last": None
+        "batch_size": "auto", "seed": 11, "multiply_activation": True, "dtype": None, "device": None, "channels_last": None,
+        "affine_prefix": True, "nonfinite": "raise",
     }
     (got,) = qfile.prepare().build(0).run()
     assert got.anchors == 3 and got.query["multiply_activation"] is True

@@ -17,6 +17,7 @@ warm-up; the table gives medians and the ratios of the medians.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -59,9 +60,9 @@ def _values(out: Any) -> Tensor:
     return out.detach().double().cpu()
 
 
-def disagreement(ours: Any, captum: Any) -> float:
-    """``max |ours − Captum| / max |Captum|``."""
-    a, b = _values(ours), _values(captum).reshape(_values(ours).shape)
+def disagreement(got: Any, reference: Any) -> float:
+    """``max |got − reference| / max |reference|``."""
+    a, b = _values(got), _values(reference).reshape(_values(got).shape)
     return float((a - b).abs().max() / b.abs().max())
 
 
@@ -181,10 +182,11 @@ def bare_multi(model: nn.Module, x: Tensor, targets: int, steps: int, batch: int
 # --- cases ------------------------------------------------------------------------------
 
 
-def build_cases(name: str, model: nn.Module, layer: str, h: nn.Module, g: nn.Module, x: Tensor, population: tuple[Tensor, Tensor], args: argparse.Namespace) -> list[Case]:
+def build_cases(model: nn.Module, layer: str, h: nn.Module, g: nn.Module, x: Tensor, population: tuple[Tensor, Tensor], args: argparse.Namespace) -> list[Case]:
     from captum.attr import IntegratedGradients, InternalInfluence, LayerIntegratedGradients, NoiseTunnel, Saliency
 
     steps, batch, target = args.steps, args.batch, 3
+    opts = {"seed": 0, "batch_size": batch, "affine_prefix": not args.no_affine_prefix}
     layer_module = dict(model.named_modules())[layer]
     slc = Slice(model, layer)
     many = [ClassQoI(c) for c in range(10)]
@@ -201,13 +203,13 @@ def build_cases(name: str, model: nn.Module, layer: str, h: nn.Module, g: nn.Mod
     cases = [
         Case(
             "integrated gradients (input)", "L1",
-            lambda: input_influence(model, ClassQoI(target), line, x, batch_size=batch, multiply_activation=True, seed=0),
+            lambda: input_influence(model, ClassQoI(target), line, x, multiply_activation=True, **opts),
             lambda: bare_line_input(model, x, target, steps, batch),
             lambda: IntegratedGradients(model).attribute(x, target=target, n_steps=steps, method="gausslegendre", internal_batch_size=batch),
         ),
         Case(
             "SmoothGrad, NoiseDoI random (Monte Carlo)", "L1",
-            lambda: input_influence(model, ClassQoI(target), NoiseDoI(0.1, steps, "random"), x, batch_size=batch, seed=0),
+            lambda: input_influence(model, ClassQoI(target), NoiseDoI(0.1, steps, "random"), x, **opts),
             lambda: bare_noise_input(model, x, target, steps, 0.1, batch),
             lambda: NoiseTunnel(Saliency(model)).attribute(
                 x, nt_type="smoothgrad", nt_samples=steps, nt_samples_batch_size=per_point_noise, stdevs=0.1, target=target, abs=False
@@ -216,31 +218,31 @@ def build_cases(name: str, model: nn.Module, layer: str, h: nn.Module, g: nn.Mod
         ),
         Case(
             "saliency, PointDoI", "L0",
-            lambda: input_influence(model, ClassQoI(target), PointDoI(), px, batch_size=batch, seed=0),
+            lambda: input_influence(model, ClassQoI(target), PointDoI(), px, **opts),
             lambda: bare_point(model, px, target, batch),
             lambda: [Saliency(model).attribute(px[i : i + batch], target=target, abs=False) for i in range(0, px.shape[0], batch)],
         ),
         Case(
             f"input-space line at {layer!r}", "L3",
-            lambda: internal_influence(slc, ClassQoI(target), line, x, batch_size=batch, seed=0),
+            lambda: internal_influence(slc, ClassQoI(target), line, x, **opts),
             lambda: bare_line_layer_input_path(h, g, x, target, steps, batch),
             lambda: InternalInfluence(model, layer_module).attribute(x, target=target, n_steps=steps, method="gausslegendre", internal_batch_size=batch),
         ),
         Case(
             f"slice-space line at {layer!r}, × activation", "L2",
-            lambda: internal_influence(slc, ClassQoI(target), LineDoI(zero_h, steps, space="slice"), x, batch_size=batch, multiply_activation=True, seed=0),
+            lambda: internal_influence(slc, ClassQoI(target), LineDoI(zero_h, steps, space="slice"), x, multiply_activation=True, **opts),
             lambda: bare_line_layer_slice_path(h, g, x, target, steps, batch),
             lambda: LayerIntegratedGradients(model, layer_module).attribute(x, target=target, n_steps=steps, method="gausslegendre", internal_batch_size=batch),
         ),
         Case(
             f"ClassDoI over {members.shape[0]} points, each=LineDoI({args.pool_steps})", "L1",
-            lambda: input_influence(model, ClassQoI(target), ClassDoI(population, target, each=LineDoI(steps=args.pool_steps)), batch_size=batch, multiply_activation=True, seed=0),
+            lambda: input_influence(model, ClassQoI(target), ClassDoI(population, target, each=LineDoI(steps=args.pool_steps)), multiply_activation=True, **opts),
             lambda: bare_line_input(model, members, target, args.pool_steps, batch).mean(0),
             captum_pooled,
         ),
         Case(
             "10 classes in one query (IG)", "LK",
-            lambda: input_influence(model, many, line, x, batch_size=batch, multiply_activation=True, seed=0),
+            lambda: input_influence(model, many, line, x, multiply_activation=True, **opts),
             lambda: bare_multi(model, x, 10, steps, batch),
             lambda: [IntegratedGradients(model).attribute(x, target=c, n_steps=steps, method="gausslegendre", internal_batch_size=batch) for c in range(10)],
         ),
@@ -248,20 +250,27 @@ def build_cases(name: str, model: nn.Module, layer: str, h: nn.Module, g: nn.Mod
     return cases
 
 
-def measure(cases: list[Case], reps: int, device: torch.device, with_captum: bool) -> list[dict[str, Any]]:
+def measure(cases: list[Case], exact: list[Case], reps: int, device: torch.device, with_captum: bool) -> list[dict[str, Any]]:
+    """Time each case; ``exact`` holds the same cases in float64, whose bare loop is the
+    reference the float32 results are compared with."""
     rows = []
-    for case in cases:
+    for case, case64 in zip(cases, exact):
         fns = {"ours": case.ours, "bare": case.bare}
         if with_captum and case.captum is not None:
             fns["captum"] = case.captum
         outputs = {key: fn() for key, fn in fns.items()}  # warm-up
-        agree = disagreement(outputs["ours"], outputs["captum"]) if "captum" in outputs and case.same_as_captum else None
+        deterministic = case.same_as_captum
+        agree = disagreement(outputs["ours"], outputs["captum"]) if "captum" in outputs and deterministic else None
+        errors: dict[str, float] = {}
+        if deterministic:
+            reference = case64.bare()
+            errors = {f"{k}_err": disagreement(outputs[k], reference) for k in ("ours", "captum") if k in outputs}
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(reps):
             for key, fn in fns.items():
                 times[key].append(_timed(fn, device))
         med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append({"case": case.name, "loop": case.loop, "agree": agree, **med})
+        rows.append({"case": case.name, "loop": case.loop, "agree": agree, **errors, **med})
         print(_format_row(rows[-1]), flush=True)
     return rows
 
@@ -274,13 +283,15 @@ def _format_row(row: dict[str, Any]) -> str:
         text += f" {captum * 1e3:9.1f} | {captum / bare:5.2f}× | {captum / ours:5.2f}× |"
     else:
         text += "         – |      – |      – |"
-    agree = row.get("agree")
-    return text + (f" {agree:.1e} |" if agree is not None else "    – |")
+    for key in ("agree", "ours_err", "captum_err"):
+        value = row.get(key)
+        text += f" {value:.1e} |" if value is not None else "       – |"
+    return text
 
 
 HEADER = (
-    "| case | loop | ours ms | bare ms | ours/bare | Captum ms | Captum/bare | Captum/ours | vs Captum |\n"
-    "|---|---|---|---|---|---|---|---|---|"
+    "| case | loop | ours ms | bare ms | ours/bare | Captum ms | Captum/bare | Captum/ours | vs Captum | ours err | Captum err |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -310,6 +321,14 @@ def quadrature_table(device: torch.device) -> None:
     print("steps needed for error ≤ 1e-3: " + ", ".join(f"{r}: {first_below[r]}" for r in rules))
 
 
+def _split(model: nn.Module) -> tuple[str, nn.Module, nn.Module]:
+    """The cut of each benchmark model, and its two halves for the bare loops."""
+    if isinstance(model, nn.Sequential):  # the MLP: after the second hidden layer
+        return "4", model[:5], model[5:]
+    h = nn.Sequential(model.stem, model.stage1, model.stage2)
+    return "stage2", h, nn.Sequential(model.stage3, model.pool, nn.Flatten(), model.fc)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller population")
@@ -321,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-captum", action="store_true")
     parser.add_argument("--cases", default="", help="only cases whose name contains one of these comma-separated words")
     parser.add_argument("--no-quadrature", action="store_true", help="skip the completeness-vs-steps table")
+    parser.add_argument("--no-affine-prefix", action="store_true", help="run ours with affine_prefix=False (the engine's loop alone)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     device = torch.device(args.device)
@@ -335,27 +355,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, {reps} repetitions (medians)")
     g = torch.Generator().manual_seed(0)
     for name in args.models.split(","):
+        shape: tuple[int, ...] = (3, 32, 32) if not args.tiny else (3, 16, 16)
         if name == "resnet":
             model = resnet().to(device)
-            layer, h = "stage2", nn.Sequential(model.stem, model.stage1, model.stage2)
-            g_part = nn.Sequential(model.stage3, model.pool, nn.Flatten(), model.fc)
-            shape: tuple[int, ...] = (3, 32, 32) if not args.tiny else (3, 16, 16)
         else:
             model = mlp().to(device) if not args.tiny else mlp(features=3 * 16 * 16, hidden=32).to(device)
-            layer, h, g_part = "4", model[:5], model[5:]
-            shape = (3, 32, 32) if not args.tiny else (3, 16, 16)
         for p in model.parameters():
             p.requires_grad_(False)
+        model64 = copy.deepcopy(model).double()
         x = torch.randn(anchors, *shape, generator=g).to(device)
         others = torch.randint(0, 9, (population,), generator=g)
-        py = torch.cat([torch.full((population,), 3), others + (others >= 3).long()])  # `population` points of class 3
+        py = torch.cat([torch.full((population,), 3), others + (others >= 3).long()]).to(device)  # `population` points of class 3
         px = torch.randn(py.shape[0], *shape, generator=g).to(device)
+        layer = _split(model)[0]
         print(f"\n### {name}: {anchors} anchors × {args.steps} steps, batch {args.batch}, cut at {layer!r}\n")
         print(HEADER)
-        cases = build_cases(name, model, layer, h, g_part, x, (px, py.to(device)), args)
+        cases = build_cases(model, *_split(model), x, (px, py), args)
+        exact = build_cases(model64, *_split(model64), x.double(), (px.double(), py), args)
         wanted = [w for w in args.cases.split(",") if w]
-        cases = [c for c in cases if not wanted or any(w in c.name for w in wanted)]
-        measure(cases, reps, device, not args.no_captum)
+        keep = [i for i, c in enumerate(cases) if not wanted or any(w in c.name for w in wanted)]
+        measure([cases[i] for i in keep], [exact[i] for i in keep], reps, device, not args.no_captum)
     if not args.no_quadrature:
         quadrature_table(device)
 

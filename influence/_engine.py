@@ -13,9 +13,10 @@ line DoI at the input this is integrated gradients, ``Σ δ·χ ≈ q(x) − q(b
 The loop: anchors stream in chunks; each chunk is expanded into ``n·S`` sample rows,
 cut into batches of ``batch_size`` rows (a batch may mix anchors); for input-space DoIs
 one forward pass per batch with the gradient taken at the detached cut, for slice-space
-DoIs ``h`` runs once per anchor and only ``g`` per sample. Several QoIs share the forward
-pass. Sums accumulate on the device in float64 (:mod:`influence._moments`); results move
-to the CPU once at the end.
+DoIs ``h`` runs once per anchor and only ``g`` per sample. For line DoIs the affine
+layers right after the line's space run once per anchor (lines stay lines through them;
+:mod:`slices._affine`). Several QoIs share the forward pass. Sums accumulate on the
+device in float64 (:mod:`influence._moments`); results move to the CPU once at the end.
 
 Around the loop: the anchors are sharded over the processes of an initialised
 ``torch.distributed`` group (:mod:`influence._distributed`); a population query can be
@@ -311,12 +312,16 @@ def internal_influence(
             more than one process, shard the anchors over the processes (every process
             must make the same call; each returns the whole result); ``False``: run
             alone; ``True``: shard, and fail if no group is initialised.
-        affine_prefix: for a line DoI in the space of the cut (integrated gradients at
-            the input, a slice-space line at a layer), run the affine layers right after
-            the cut (linear, convolution, batch norm, pooling, reshapes) once per anchor
-            instead of once per sample: lines stay lines through them, and the summed
-            gradient is pulled back through them once per anchor (exact, by linearity;
-            :mod:`slices._affine`). ``False``: run all of ``g`` per sample.
+        affine_prefix: for a line DoI, run the affine layers right after the line's
+            space (linear, convolution, batch norm with running statistics, pooling,
+            reshapes) once per anchor instead of once per sample: an affine map takes
+            lines to lines. When the line lives at the cut (integrated gradients at the
+            input, a slice-space line at a layer) the gradient is taken after those
+            layers and its weighted sum pulled back through them once per anchor; when
+            the line is in input space and the cut inside the model, they are the start
+            of ``h``. Exact by linearity, up to rounding (:mod:`slices._affine`); it
+            applies where ``torch.fx`` can trace the layers and no hooks are registered.
+            ``False``: run every layer per sample.
 
     Returns:
         :class:`InfluenceResult` (a list of them for a list of QoIs): ``values`` of shape
@@ -548,14 +553,16 @@ class _Integrator:
                     self.affine = self.slice.g_affine_prefix(z)
             elif self.slice.is_split:
                 self.h_affine = self.slice.h_affine_prefix(x)
-        frontier = 0
-        for prefix, v in ((self.affine, z), (self.h_affine, x)):
-            if prefix is not None:
-                with torch.no_grad():
-                    frontier = sum(t[0].numel() for t in prefix.frontier(v))
-        count = 1 if self.affine is None else len(self.affine.frontier(z))
-        self.accumulators = [[ChunkAccumulator(each.samples, each.groups) for _ in range(count)] for _ in self.query.qois]
-        return _chunk_size(self.batch_size, each.samples, x[0].numel(), math.prod(unit), frontier), unit
+        frontier: tuple[Tensor, ...] = ()
+        with torch.no_grad():
+            if self.affine is not None:
+                frontier = self.affine.frontier(z)
+            elif self.h_affine is not None:
+                frontier = self.h_affine.frontier(x)
+        wrt = len(frontier) if self.affine is not None else 1  # the tensors gradients are taken at
+        self.accumulators = [[ChunkAccumulator(each.samples, each.groups) for _ in range(wrt)] for _ in self.query.qois]
+        numel = sum(t[0].numel() for t in frontier)
+        return _chunk_size(self.batch_size, each.samples, x[0].numel(), math.prod(unit), numel), unit
 
     def _agree(self, chunk_size: int) -> None:
         """Check that every process runs the same query (they must cut the anchors into

@@ -76,6 +76,7 @@ def fingerprint(query: Any, first: Tensor) -> dict[str, str]:
         "doi": f"{doi!r} [tensors {_tensors_hash(doi)}{_tensors_hash(doi.each)}]",
         "qoi": ", ".join(repr(q) for q in query.qois),
         "multiply_activation": str(query.multiply),
+        "affine_prefix": str(query.affine_prefix),
         "seed": str(query.seed),
         "dtype": str(query.dtype).replace("torch.", ""),
         "device": query.device.type,

@@ -238,6 +238,7 @@ class _Query:
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "nonfinite": self.nonfinite,
+            "affine_prefix": self.affine_prefix,
             **({"checkpoint": self.checkpoint.path} if self.checkpoint is not None else {}),
         }
 

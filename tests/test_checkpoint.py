@@ -225,12 +225,17 @@ def test_seed_none_resumes_with_the_checkpoints_seed(tmp_path: Path, rng: torch.
 
 def _base(rng: torch.Generator) -> dict[str, Any]:
     x = torch.randn(24, 6, generator=rng, dtype=F64)
-    return {"model": mlp(6, 8, 3).double(), "x": x, "steps": 3, "seed": 1, "qoi": ClassQoI(1), "baseline": torch.zeros(6, dtype=F64), "multiply": False}
+    return {
+        "model": mlp(6, 8, 3).double(), "x": x, "steps": 3, "seed": 1, "qoi": ClassQoI(1), "baseline": torch.zeros(6, dtype=F64),
+        "multiply": False, "affine_prefix": True,
+    }
 
 
 def _run(spec: dict[str, Any], path: Path) -> InfluenceResult:
     doi = DatasetDoI(spec["x"], each=LineDoI(spec["baseline"], steps=spec["steps"]))
-    return input_influence(spec["model"], spec["qoi"], doi, seed=spec["seed"], multiply_activation=spec["multiply"], checkpoint=path)  # type: ignore[return-value]
+    return input_influence(  # type: ignore[return-value]
+        spec["model"], spec["qoi"], doi, seed=spec["seed"], multiply_activation=spec["multiply"], affine_prefix=spec["affine_prefix"], checkpoint=path
+    )
 
 
 def _other_weights(spec: dict[str, Any]) -> None:
@@ -254,6 +259,7 @@ CHANGES: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
     "baseline": (lambda s: s.update(baseline=torch.full((6,), 0.5, dtype=F64)), "its doi differs"),
     "qoi": (lambda s: s.update(qoi=ClassQoI(2)), "its qoi differs"),
     "multiply": (lambda s: s.update(multiply=True), "its multiply_activation differs"),
+    "affine prefix": (lambda s: s.update(affine_prefix=False), "its affine_prefix differs"),
     "more points": (lambda s: s.update(x=torch.cat([s["x"], s["x"][:1]])), "its data differs"),
     "first point": (_first_point, "its data differs"),
     "last point": (_last_point, "the data differs from the checkpoint's at the point where it stopped"),
@@ -262,7 +268,8 @@ CHANGES: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
 
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_a_checkpoint_of_another_query_is_refused(tmp_path: Path, rng: torch.Generator, change: str) -> None:
-    """Model weights, seed, DoI (also a tensor baseline), QoI, multiply_activation and
+    """Model weights, seed, DoI (also a tensor baseline), QoI, multiply_activation,
+    affine_prefix (it moves rounding, and a resumed run must equal an uninterrupted one) and
     the data (size, first point, the points just before the resume position) are
     checked; a mismatch raises a ValueError naming ``checkpoint`` and what differs, and
     leaves the checkpoint as it was."""

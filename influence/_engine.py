@@ -29,9 +29,12 @@ then are the chunk's values recomputed to find which anchors they belong to.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import math
 import os
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -819,13 +822,17 @@ class _Integrator:
         """All sample rows of a chunk, ``batch_size`` at a time. On a CUDA out-of-memory
         error the batch size is halved (with a warning) and the batch retried. If the
         model fails on the very first batch with channels-last inputs chosen
-        automatically, the batch is retried in the default layout."""
+        automatically, the batch is retried in the default layout (what the failed try
+        printed to stderr is dropped; a successful one's output is passed on)."""
         total = chunk.x.shape[0] * self.each.samples
         start = 0
         while start < total:
             stop = min(start + self.batch_size, total)
+            trial = self.channels_last == "auto" and self.first_batch
+            report = io.StringIO()  # what the trial prints (torch.fx prints a failing graph's code)
             try:
-                _, grads, totals, _ = self._gradients(chunk, start, stop)
+                with contextlib.redirect_stderr(report) if trial else contextlib.nullcontext():
+                    _, grads, totals, _ = self._gradients(chunk, start, stop)
             except torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise
@@ -840,6 +847,8 @@ class _Integrator:
                 self.channels_last = False
                 _set_layout(chunk, torch.contiguous_format)
                 continue
+            if trial:
+                sys.stderr.write(report.getvalue())
             self.first_batch = False
             for accs, grad in zip(self.accumulators, grads):
                 for acc, g in zip(accs, grad):

@@ -324,7 +324,7 @@ def _close(a: Any, b: Any) -> bool:
             return False
         if not a.is_floating_point():
             return bool(torch.equal(a, b))
-        scale = float(b.abs().max()) if b.numel() else 0.0
+        scale = float(b.detach().abs().max()) if b.numel() else 0.0
         return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1e-30)))
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))

@@ -56,6 +56,19 @@ def test_channels_last_falls_back_when_the_model_refuses_it(rng: torch.Generator
         input_influence(model, ClassQoI(0), PointDoI(), x, channels_last="yes")  # type: ignore[arg-type]
 
 
+def test_channels_last_fallback_is_quiet_on_a_traced_model(rng: torch.Generator, capfd: pytest.CaptureFixture[str]) -> None:
+    """torch.fx prints the generated code of a graph module that raises; the failed
+    channels-last try through a graph split (or the affine prefix) prints nothing."""
+    model = ViewNet().double()
+    x = torch.randn(4, 3, 8, 8, generator=rng, dtype=F64)
+    for slc in (Slice(model, None), Slice(model, "conv", realisation="graph")):
+        capfd.readouterr()
+        auto = internal_influence(slc, ClassQoI(0), LineDoI(0.0, 4), x, batch_size=2)
+        plain = internal_influence(slc, ClassQoI(0), LineDoI(0.0, 4), x, batch_size=2, channels_last=False)
+        torch.testing.assert_close(auto.values, plain.values, rtol=1e-12, atol=1e-12)
+        assert capfd.readouterr().err == ""
+
+
 def test_out_of_memory_halves_the_batch_and_gives_the_same_result(rng: torch.Generator) -> None:
     """A (simulated) CUDA out-of-memory error on batches larger than 4 rows halves the
     batch size with a warning; the result equals a run with ``batch_size=4``."""

@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 _AFFINE_MODULES: tuple[type, ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -99,16 +100,19 @@ def affine_prefix(fn: nn.Module, example: Tensor) -> AffinePrefix | None:
     return found
 
 
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 def _structure(fn: nn.Module) -> tuple[Any, ...] | None:
     """What the split depends on: the submodules, their types and forwards; ``None``
-    when hooks would be bypassed by tracing (they must fire as in ``fn``)."""
-    from torch.nn.modules import module as _module
-
-    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+    when a module has hooks: tracing would bypass them, and the pull-back would show a
+    backward hook one summed gradient per anchor instead of one per sample."""
+    if any(getattr(_module, name, None) for name in _GLOBAL_HOOKS):
         return None
     parts = []
     for name, m in fn.named_modules():
-        if m._forward_hooks or m._forward_pre_hooks:
+        if any(getattr(m, hooks, None) for hooks in _HOOKS):
             return None
         bn = isinstance(m, _BATCH_NORMS) and (not m.track_running_stats or m.running_mean is None)
         parts.append((name, id(m), m.__dict__.get("forward", type(m).forward), m.training, bn))

@@ -279,6 +279,20 @@ def test_hooks_turn_it_off_and_fire_per_sample(rng: torch.Generator) -> None:
     assert prefix_of(Slice(model, None), x) is not None
 
 
+def test_backward_hooks_turn_it_off(rng: torch.Generator) -> None:
+    """A backward hook on a prefix layer sees one gradient per sample, as without it."""
+    model = mlp(act=nn.ReLU).double()
+    x = torch.randn(4, 6, generator=rng, dtype=torch.float64)
+    seen: list[int] = []
+    handle = model[0].register_full_backward_hook(lambda m, gin, gout: seen.append(gout[0].shape[0]))
+    try:
+        assert prefix_of(Slice(model, None), x) is None
+        input_influence(model, 0, LineDoI(0.0, 4), x, batch_size=8)
+    finally:
+        handle.remove()
+    assert sum(seen) == 16
+
+
 def test_structure_change_rebuilds_the_prefix(rng: torch.Generator) -> None:
     model = mlp(act=nn.ReLU).double()
     x = torch.randn(4, 6, generator=rng, dtype=torch.float64)

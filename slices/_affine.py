@@ -143,12 +143,7 @@ def _build(fn: nn.Module, example: Tensor) -> AffinePrefix | None:
         except Exception:  # control flow, unsupported ops: no prefix, the plain path works
             return None
         kind = _kinds(fn, graph)
-        more = {
-            str(n.target)
-            for n in graph.nodes
-            if n.op == "call_module" and kind.get(n) == "other" and any(kind.get(a) == "affine" for a in n.all_input_nodes)
-            and not _is_torch_layer(fn.get_submodule(str(n.target))) and any(True for _ in fn.get_submodule(str(n.target)).children())
-        }
+        more = {str(n.target) for n in graph.nodes if _is_block_taking_affine(fn, n, kind)}
         if not more:
             break
         through |= more
@@ -162,8 +157,13 @@ def _build(fn: nn.Module, example: Tensor) -> AffinePrefix | None:
     return AffinePrefix(prefix, rest) if _agrees(fn, prefix, rest, example) else None
 
 
-def _is_torch_layer(m: nn.Module) -> bool:
-    return m.__module__.startswith(("torch.nn", "torch.ao.nn"))
+def _is_block_taking_affine(root: nn.Module, n: fx.Node, kind: dict[fx.Node, str]) -> bool:
+    """Is ``n`` a call of a user module with submodules (a block) that an affine value
+    enters, traced as a leaf so far?"""
+    if n.op != "call_module" or kind.get(n) != "other" or not any(kind.get(a) == "affine" for a in n.all_input_nodes):
+        return False
+    m = root.get_submodule(str(n.target))
+    return not m.__module__.startswith(("torch.nn", "torch.ao.nn")) and next(m.children(), None) is not None
 
 
 def _kinds(root: nn.Module, graph: fx.Graph) -> dict[fx.Node, str]:

@@ -108,14 +108,15 @@ def _structure(fn: nn.Module) -> tuple[Any, ...] | None:
     """What the split depends on: the submodules, their types and forwards; ``None``
     when a module has hooks: tracing would bypass them, and the pull-back would show a
     backward hook one summed gradient per anchor instead of one per sample."""
-    if any(getattr(_module, name, None) for name in _GLOBAL_HOOKS):
-        return None
+    if isinstance(fn, torch.jit.ScriptModule) or any(getattr(_module, name, None) for name in _GLOBAL_HOOKS):
+        return None  # TorchScript cannot be traced by torch.fx
     parts = []
     for name, m in fn.named_modules():
         if any(getattr(m, hooks, None) for hooks in _HOOKS):
             return None
         bn = isinstance(m, _BATCH_NORMS) and (not m.track_running_stats or m.running_mean is None)
-        parts.append((name, id(m), m.__dict__.get("forward", type(m).forward), m.training, bn))
+        forward = m.__dict__.get("forward") or next((c.__dict__["forward"] for c in type(m).__mro__ if "forward" in c.__dict__), None)
+        parts.append((name, id(m), forward, m.training, bn))
     return tuple(parts)
 
 

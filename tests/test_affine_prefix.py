@@ -6,6 +6,7 @@ sample) in float64, and checks where the prefix is, or why there is none."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -371,3 +372,27 @@ def test_hook_cut_inside_a_residual_block_before_an_inplace_relu(images: Tensor)
     want = internal_influence(Slice(reference, "block.bn1"), 0, LineDoI(0.0, 4), images, multiply_activation=True)
     torch.testing.assert_close(got.values, want.values, **TOL)
     assert got.values.abs().sum() > 0
+
+
+def test_torchscript_models_run_without_it(rng: torch.Generator) -> None:
+    """TorchScript cannot be traced by torch.fx: a scripted model, or one wrapped in a
+    plain module, runs every layer per sample and gives the eager model's influence."""
+    model = mlp(act=nn.ReLU).double().eval()
+    x = torch.randn(3, 6, generator=rng, dtype=torch.float64)
+    want = input_influence(model, 1, LineDoI(0.0, 4), x, multiply_activation=True, affine_prefix=False)
+
+    class Wrapped(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, v: Tensor) -> Tensor:
+            return self.inner(v)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in recent torch
+        scripted_models = [torch.jit.script(model), torch.jit.trace(model, x)]
+    for scripted in (*scripted_models, Wrapped(scripted_models[0])):
+        assert prefix_of(Slice(scripted, None), x) is None
+        got = input_influence(scripted, 1, LineDoI(0.0, 4), x, multiply_activation=True)
+        torch.testing.assert_close(got.values, want.values, **TOL)

@@ -11,8 +11,9 @@ group or an anchor. Three levels, all in memory bounded by the batch and the chu
    ``(Σ e_g² − G m²) / (G (G − 1))``. With one group (a quadrature rule, a point) there
    is no variance and rows add straight into the anchor's sum;
 3. anchors -> the per-anchor results (pointwise DoIs), or float64 population sums
-   ``Σ_i m_i`` and ``Σ_i m_i²`` (population DoIs) whose mean has variance
-   ``(Σ m² − N μ²) / (N (N − 1))``.
+   ``Σ_i d_i`` and ``Σ_i d_i²`` of ``d_i = m_i − s`` (population DoIs; ``s`` the first
+   anchor's estimate) whose mean ``s + Σd/N`` has variance
+   ``(Σ d² − (Σd)²/N) / (N (N − 1))``.
 
 Variances are also kept for channel sums (``unit = (C, *spatial)`` summed over
 ``spatial``): their standard errors cannot be derived from the units'.
@@ -272,13 +273,17 @@ class PerPointResults:
 
 
 class PopulationMoments:
-    """Level 3 for population DoIs: float64 ``Σ m_i`` and ``Σ m_i²`` over anchors (and
-    over their channel sums), the number of anchors ``count`` and of anchors dropped for
-    non-finite values ``skipped``. ``unit`` is the shape of one anchor's estimate."""
+    """Level 3 for population DoIs: float64 sums of ``m_i − s`` and ``(m_i − s)²`` over
+    anchors (and over their channel sums), with the shift ``s`` the first anchor's
+    estimate, so that the variance ``(Σd² − (Σd)²/N) / (N (N − 1))`` does not cancel
+    catastrophically (it is exactly zero when every anchor has the same influence); the
+    number of anchors ``count`` and of anchors dropped for non-finite values ``skipped``.
+    ``unit`` is the shape of one anchor's estimate."""
 
     def __init__(self, unit: tuple[int, ...], device: torch.device) -> None:
         shapes = [unit] if len(unit) < 2 else [unit, unit[:1]]
         self.sums = [torch.zeros(s, dtype=torch.float64, device=device) for s in shapes for _ in (0, 1)]
+        self.shifts = [torch.zeros(s, dtype=torch.float64, device=device) for s in shapes]
         self.count = 0
         self.skipped = 0
         self.single: AnchorEstimates | None = None
@@ -294,51 +299,68 @@ class PopulationMoments:
         channels = channel_sums(est.mean)
         parts = [est.mean] if channels is None else [est.mean, channels]
         for i, p in enumerate(parts):
-            self.sums[2 * i] += p.sum(0)
-            self.sums[2 * i + 1] += (p * p).sum(0)
+            if self.count == 0:
+                self.shifts[i] = p[0].clone()
+            d = p - self.shifts[i]
+            self.sums[2 * i] += d.sum(0)
+            self.sums[2 * i + 1] += (d * d).sum(0)
         self.count += n
         self.single = est.select(torch.zeros(1, dtype=torch.long, device=est.mean.device)) if self.count == 1 else None
 
     def state(self) -> dict[str, Any]:
-        """The sums and counts, on the CPU (for a checkpoint)."""
+        """The sums, shifts and counts, on the CPU (for a checkpoint)."""
         single = None
         if self.single is not None:
             single = [None if t is None else t.cpu() for t in (self.single.mean, self.single.var, self.single.channel_var)]
-        return {"count": self.count, "skipped": self.skipped, "sums": [s.cpu() for s in self.sums], "single": single}
+        return {
+            "count": self.count, "skipped": self.skipped, "sums": [s.cpu() for s in self.sums],
+            "shifts": [s.cpu() for s in self.shifts], "single": single,
+        }  # fmt: skip
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state`; a ``ValueError`` if its shapes do not fit."""
         sums = state["sums"]
-        if len(sums) != len(self.sums) or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(sums, self.sums)):
+        shifts = state.get("shifts") or [torch.zeros_like(s, device="cpu") for s in self.shifts]  # older files: raw sums
+        mine = [*self.sums, *self.shifts]
+        if len(sums) + len(shifts) != len(mine) or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip([*sums, *shifts], mine)):
             got = [tuple(a.shape) for a in sums]
             raise ValueError(f"checkpoint: its sums have shapes {got}, this query's {[tuple(b.shape) for b in self.sums]}")
         device = self.sums[0].device
         self.sums = [a.to(device) for a in sums]
+        self.shifts = [a.to(device) for a in shifts]
         self.count, self.skipped = int(state["count"]), int(state["skipped"])
         single = state["single"]
         self.single = None if single is None else AnchorEstimates(*(None if t is None else t.to(device) for t in single))
 
     def reduce(self, all_reduce_sum: Callable[[Tensor], Tensor]) -> "PopulationMoments":
         """The moments summed over processes (``all_reduce_sum`` sums a tensor over all
-        of them), as a new object; this one is left as it is."""
-        own = [torch.zeros_like(s) for s in self.sums[::2]]  # the one anchor's variances, if count == 1
+        of them), as a new object; this one is left as it is. The processes first agree
+        on a common shift ``c`` (the count-weighted mean of their shifts) and move their
+        sums to it: with ``e = s − c``, ``Σ(m − c) = Σd + n e`` and
+        ``Σ(m − c)² = Σd² + 2 e Σd + n e²``."""
+        n = float(self.count)
+        head = torch.tensor([self.count, self.skipped], dtype=torch.float64, device=self.sums[0].device)
+        flat = all_reduce_sum(torch.cat([head, *((n * s).flatten() for s in self.shifts)]))
+        count, skipped = int(flat[0]), int(flat[1])
+        common = [c / max(count, 1) for c in _unflatten(flat[2:], self.shifts)]
+        moved: list[Tensor] = []
+        for i, (shift, c) in enumerate(zip(self.shifts, common)):
+            e, s1, s2 = shift - c, self.sums[2 * i], self.sums[2 * i + 1]
+            moved += [s1 + n * e, s2 + 2 * e * s1 + n * e * e]
+        own = [torch.zeros_like(s) for s in self.shifts]  # the one anchor's variances, if count == 1
         if self.single is not None:
             for i, t in enumerate((self.single.var, self.single.channel_var)[: len(own)]):
                 if t is not None:
                     own[i] = t[0]
-        head = torch.tensor([self.count, self.skipped], dtype=torch.float64, device=self.sums[0].device)
-        flat = all_reduce_sum(torch.cat([head, *(t.flatten() for t in [*self.sums, *own])]))
+        flat = all_reduce_sum(torch.cat([t.flatten() for t in [*moved, *own]]))
+        pieces = _unflatten(flat, [*moved, *own])
         out = PopulationMoments.__new__(PopulationMoments)
-        out.count, out.skipped = int(flat[0]), int(flat[1])
-        pieces, at = [], 2
-        for t in [*self.sums, *own]:
-            pieces.append(flat[at : at + t.numel()].view(t.shape))
-            at += t.numel()
-        out.sums = pieces[: len(self.sums)]
-        var = pieces[len(self.sums) :]
+        out.count, out.skipped = count, skipped
+        out.sums, out.shifts = pieces[: len(moved)], common
+        var = pieces[len(moved) :]
         out.single = None
-        if out.count == 1:
-            out.single = AnchorEstimates(out.sums[0][None], var[0][None], var[1][None] if len(var) > 1 else None)
+        if count == 1:
+            out.single = AnchorEstimates((common[0] + out.sums[0])[None], var[0][None], var[1][None] if len(var) > 1 else None)
         return out
 
     def result(self) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -346,14 +368,23 @@ class PopulationMoments:
         that anchor's own Monte Carlo error."""
         n = self.count
         out: list[Tensor] = []
-        for i in range(0, len(self.sums), 2):
-            mean = self.sums[i] / n
+        for i, shift in enumerate(self.shifts):
+            s1, s2 = self.sums[2 * i], self.sums[2 * i + 1]
             if n > 1:
-                var = (self.sums[i + 1] - n * mean * mean).clamp_min(0) / (n * (n - 1))
+                var = (s2 - s1 * s1 / n).clamp_min(0) / (n * (n - 1))
             else:
                 assert self.single is not None
                 own = self.single.var if i == 0 else self.single.channel_var
-                var = own[0] if own is not None else torch.zeros_like(mean)
-            out.append(mean)
+                var = own[0] if own is not None else torch.zeros_like(shift)
+            out.append(shift + s1 / n)
             out.append(var.sqrt())
         return out[0], out[1], (out[3] if len(out) > 2 else None)
+
+
+def _unflatten(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """``flat`` cut into tensors shaped like ``like``, in order."""
+    pieces, at = [], 0
+    for t in like:
+        pieces.append(flat[at : at + t.numel()].view(t.shape))
+        at += t.numel()
+    return pieces

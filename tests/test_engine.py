@@ -170,3 +170,28 @@ def test_auto_batch_size_halves_silently_until_a_batch_fits(rng: torch.Generator
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] <= 16  # 54 rows tried at 256, 128, 64; then 32, 16
     with pytest.raises(TypeError, match="batch_size"):
         input_influence(model, ClassQoI(0), PointDoI(), x, batch_size="big")  # type: ignore[arg-type]
+
+
+def test_pooled_stderr_is_zero_for_identical_members() -> None:
+    """A linear model has the same gradient at every point: the pooled standard error is
+    exactly zero (the sums are taken about the first member, so nothing cancels)."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).double()
+    x = torch.randn(37, 5, dtype=F64)
+    result = input_influence(model, ClassQoI(2), DatasetDoI(x), batch_size=8)
+    assert torch.equal(result.values, model.weight[2].detach())
+    assert torch.count_nonzero(result.stderr) == 0
+
+
+def test_pooled_stderr_keeps_a_tiny_spread_around_a_large_mean() -> None:
+    """Gradient × input on a linear model: member ``i`` has influence ``w ⊙ x_i``. With
+    ``x_i = 10⁴ + 10⁻⁴ ε_i`` the spread is 10⁻⁸ of the mean; the standard error still
+    matches a two-pass computation to 1e-6 (raw sums of squares would lose it all)."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2).double()
+    x = 1e4 + 1e-4 * torch.randn(64, 4, dtype=F64)
+    result = input_influence(model, ClassQoI(1), DatasetDoI(x, each=PointDoI()), multiply_activation=True, batch_size=16)
+    members = model.weight[1].detach() * x
+    torch.testing.assert_close(result.values, members.mean(0), rtol=1e-12, atol=0)
+    want = members.std(0, correction=1) / 64**0.5
+    torch.testing.assert_close(result.stderr, want, rtol=1e-6, atol=0)

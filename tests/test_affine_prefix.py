@@ -396,3 +396,79 @@ def test_torchscript_models_run_without_it(rng: torch.Generator) -> None:
         assert prefix_of(Slice(scripted, None), x) is None
         got = input_influence(scripted, 1, LineDoI(0.0, 4), x, multiply_activation=True)
         torch.testing.assert_close(got.values, want.values, **TOL)
+
+
+# --- common architectures: a transformer on patches, dense and inverted-residual blocks ---------
+
+
+class ViT(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 16))
+        self.pos = nn.Parameter(torch.randn(1, 5, 16))
+        self.enc = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        return self.head(self.enc(x)[:, 0])
+
+
+class Dense(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.c1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.bn(self.c0(x))
+        b = self.c1(F.relu(a))
+        return self.fc(torch.cat([a, b], 1).mean((2, 3)))
+
+
+class MBConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.exp = nn.Conv2d(3, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.se1 = nn.Linear(8, 2)
+        self.se2 = nn.Linear(2, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.dw(F.relu6(self.bn(self.exp(x))))
+        w = torch.sigmoid(self.se2(F.relu(self.se1(x.mean((2, 3))))))
+        return self.fc(F.adaptive_avg_pool2d(x * w[:, :, None, None], 1).flatten(1))
+
+
+class Scale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = self.fc1(x * 2.0 - 1.0) / 3.0
+        return self.fc2(torch.tanh(u) + 0.1 * u)
+
+
+ARCHITECTURES = {"vit": (ViT, (3, 8, 8), "patch"), "dense": (Dense, (3, 8, 8), "c0"), "mbconv": (MBConv, (3, 8, 8), "exp"), "scale": (Scale, (6,), "fc1")}
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_architectures_unchanged(name: str, rng: torch.Generator) -> None:
+    """Concatenation with a non-affine branch, means, depthwise convolutions, a
+    squeeze-and-excitation product, scalings, and a class token whose expand uses the
+    batch size (no prefix at the input there): every slice and space agrees."""
+    make, shape, layer = ARCHITECTURES[name]
+    torch.manual_seed(0)
+    model = make().double().eval()
+    x = torch.randn(4, *shape, generator=rng, dtype=torch.float64)
+    for slc, space in ((Slice(model, None), "input"), (Slice(model, layer), "input"), (Slice(model, layer), "slice")):
+        base: Any = 0.0 if space == "input" else slc.h(torch.zeros_like(x[:1])).detach()
+        assert_same(lambda **o: internal_influence(slc, 1, LineDoI(base, 5, space=space), x, multiply_activation=True, **o))

@@ -123,3 +123,10 @@ class PopulationDoI(DistributionOfInterest):
     def size_hint(self) -> int | None:
         """The number of points, when known without reading the data (else ``None``)."""
         return None
+
+    def take(self, start: int, stop: int) -> Tensor | None:
+        """The points ``start..stop`` of :meth:`anchors`' stream, read without the others,
+        or ``None`` when the data can only be read in order (a ``DataLoader``, or labels
+        that are not at hand). Processes of a distributed query use it to read their own
+        chunks only."""
+        return None

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 ACCEPTED = "a tensor x, a pair of tensors (x, y), a torch Dataset or a DataLoader"
 
@@ -47,6 +47,21 @@ def data_size(data: Any) -> int | None:
         return len(dataset)
     except TypeError:
         return None
+
+
+def rows_of(data: Any, index: Tensor | slice) -> Tensor | None:
+    """The points ``data[index]`` without reading the others: from a tensor, a pair
+    ``(x, y)`` or a sized map-style Dataset (``None`` for a DataLoader or an iterable)."""
+    if isinstance(data, Tensor):
+        return data[index]
+    if isinstance(data, (tuple, list)):
+        return data[0][index]
+    if isinstance(data, DataLoader) or isinstance(data, IterableDataset) or not hasattr(data, "__len__"):
+        return None
+    positions = range(len(data))[index] if isinstance(index, slice) else index.tolist()  # type: ignore[arg-type]
+    if not positions:
+        return None
+    return _split_batch(default_collate([data[i] for i in positions]), "data")[0]  # as a DataLoader batch
 
 
 def labels_of(data: Any) -> Tensor | None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._base import PointwiseDoI, PopulationDoI
-from ._data import as_label_tensor, batches, check_data, data_size, labels_of
+from ._data import as_label_tensor, batches, check_data, data_size, labels_of, rows_of
 from ._point import PointDoI
 
 
@@ -48,6 +48,9 @@ class DatasetDoI(PopulationDoI):
 
     def size_hint(self) -> int | None:
         return data_size(self.data)
+
+    def take(self, start: int, stop: int) -> Tensor | None:
+        return rows_of(self.data, slice(start, stop))
 
     def __repr__(self) -> str:
         return f"DatasetDoI(data={type(self.data).__name__}, each={self.each!r})"
@@ -84,6 +87,13 @@ class ClassDoI(PopulationDoI):
     def size_hint(self) -> int | None:
         y = labels_of(self.data)
         return None if y is None else int((y == self.label).sum())
+
+    def take(self, start: int, stop: int) -> Tensor | None:
+        y = labels_of(self.data)
+        if y is None:
+            return None
+        members = (torch.as_tensor(y) == self.label).nonzero().squeeze(1)
+        return rows_of(self.data, members[start:stop].to(self.data[0].device))
 
     def __repr__(self) -> str:
         return f"ClassDoI(data={type(self.data).__name__}, label={self.label}, each={self.each!r})"

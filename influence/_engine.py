@@ -495,12 +495,17 @@ class _Integrator:
                 stream = _skip(stream, position, state["tail"])
                 self.progress.update(position)
             self.last_save = time.monotonic()
-        last: Tensor | None = None  # the last chunk consumed by this run (raw, as read)
+        chunks: Iterator[Tensor | int] = _rebatch(stream, chunk_size)
+        if group is not None and query.checkpoint is None and hint and query.population.take(0, 1) is not None:
+            chunks = self._own_chunks(query.population, hint, chunk_size, group)
+        last: Tensor | int | None = None  # the last chunk consumed by this run (raw, as read)
         clean = True  # the sinks, `position` and `last` agree (not in the middle of an update)
         failure: Exception | None = None  # distributed: this process's error, raised by all at the end
         try:
-            for index, raw in enumerate(_rebatch(stream, chunk_size)):
+            for index, raw in enumerate(chunks):
+                size = raw if isinstance(raw, int) else raw.shape[0]
                 if failure is None and (group is None or group.owns(index)):
+                    assert isinstance(raw, Tensor)
                     try:
                         estimates, keep = self._chunk(raw, position, 0)
                     except Exception as e:
@@ -511,9 +516,9 @@ class _Integrator:
                         clean = False
                         for sink, est, k in zip(self.sinks, estimates, keep):
                             sink.add(position, est, k)
-                position, last = position + raw.shape[0], raw
+                position, last = position + size, raw
                 clean = True
-                self.progress.update(raw.shape[0])
+                self.progress.update(size)
                 if group is None:
                     if query.checkpoint is not None and time.monotonic() - self.last_save >= query.checkpoint.every:
                         self._save(position, last)
@@ -539,6 +544,20 @@ class _Integrator:
             self._write(position, last, self.sinks)
         if all(sink.count == 0 for sink in self.sinks):
             raise ValueError(f"influence: every anchor of {query.doi!r} has non-finite QoI values or gradients; nothing to average")
+
+    @staticmethod
+    def _own_chunks(population: PopulationDoI, size: int, chunk_size: int, group: Group) -> Iterator[Tensor | int]:
+        """The chunks of a population that can be read out of order: this process's own
+        chunks read with ``population.take``, the others' as their sizes only (unread)."""
+        for index, start in enumerate(range(0, size, chunk_size)):
+            stop = min(size, start + chunk_size)
+            if group.owns(index):
+                part = population.take(start, stop)
+                if part is None or part.shape[0] != stop - start:
+                    raise ValueError(f"doi: {population!r} gave {0 if part is None else part.shape[0]} points for {start}..{stop - 1}; its size changed")
+                yield part
+            else:
+                yield stop - start
 
     # --- set-up ------------------------------------------------------------------------------
 

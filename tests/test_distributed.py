@@ -58,6 +58,23 @@ def counted(out: Tensor) -> Tensor:
     return out[:, 1]
 
 
+READS = {"items": 0}  # items read from `CountingDataset` (per process)
+
+
+class CountingDataset(torch.utils.data.Dataset):
+    """A map-style dataset that counts the items read from it."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int) -> Tensor:
+        READS["items"] += 1
+        return self.x[i]
+
+
 def _data() -> dict[str, Any]:
     g = torch.Generator().manual_seed(7)
     x = torch.randn(37, 6, generator=g, dtype=F64)
@@ -77,6 +94,8 @@ def cases(folder: Path) -> dict[str, Callable[..., Any]]:
     return {
         # pooled: a DataLoader population, random noise around each point
         "dataset-noise": lambda **o: input_influence(m, ClassQoI(1), DatasetDoI(loader, each=NoiseDoI(0.2, samples=6, sampler="random")), batch_size=7, seed=3, **o),
+        # pooled over a map-style Dataset: each process reads its own chunks only
+        "dataset-map": lambda **o: input_influence(m, ClassQoI(2), DatasetDoI(CountingDataset(d["x"]), each=LineDoI(steps=3)), batch_size=4, seed=5, **o),
         # pooled at a conv layer, two QoIs, integrated gradients form: channel sums too
         "class-line-conv": lambda **o: internal_influence(
             Slice(c, "layer1"), [ClassQoI(0), ClassQoI(2) - ClassQoI(1)], ClassDoI((d["xc"], d["yc"]), 2, each=LineDoI(steps=4)), batch_size=16, multiply_activation=True, seed=1, **o
@@ -112,9 +131,10 @@ def _worker(rank: int, folder: str) -> None:
     try:
         out: dict[str, Any] = {}
         for name, run in cases(Path(folder)).items():
-            COUNTS["rows"] = 0
+            COUNTS["rows"], READS["items"] = 0, 0
             out[name] = _pack(run())
             out[name + ":rows"] = COUNTS["rows"]
+            out[name + ":reads"] = READS["items"]
         # seed=None: rank 0 draws the seed and every rank uses it (their RNGs differ)
         torch.manual_seed(100 + rank)
         out["seed-none"] = _pack(input_influence(mlp(6, 16, 4).double(), ClassQoI(0), DatasetDoI(_data()["x"], each=NoiseDoI(0.3, samples=4)), seed=None))
@@ -179,7 +199,7 @@ def _assert_same(got: list[dict[str, Any]], want: list[InfluenceResult]) -> None
         assert g["query"].get("skipped") == w.query.get("skipped")
 
 
-@pytest.mark.parametrize("name", ["dataset-noise", "class-line-conv", "one-member", "line", "noise-conv", "one-point", "skip-pooled", "skip-pointwise"])
+@pytest.mark.parametrize("name", ["dataset-noise", "dataset-map", "class-line-conv", "one-member", "line", "noise-conv", "one-point", "skip-pooled", "skip-pointwise"])
 def test_two_processes_equal_one(shards: dict[str, Any], name: str) -> None:
     """Every rank returns the whole result, equal to one process's to 1e-10 (float64
     sums in another order): values, standard errors, channel standard errors, counts."""
@@ -191,6 +211,14 @@ def test_two_processes_equal_one(shards: dict[str, Any], name: str) -> None:
         want = run()
     for out in shards["outs"]:
         _assert_same(out[name], want if isinstance(want, list) else [want])
+
+
+def test_each_process_reads_its_own_chunks_of_a_dataset(shards: dict[str, Any]) -> None:
+    """A map-style Dataset is read by index: 37 points in two chunks (20 + 17: a
+    multiple of the 4 anchors that fill whole batches of 3 samples each), each process
+    reads its own chunk, plus the first batch (4 points) and one point to probe."""
+    reads = [out["dataset-map:reads"] for out in shards["outs"]]
+    assert reads == [20 + 4 + 1, 17 + 4 + 1]
 
 
 def test_skipped_counts_are_summed_over_processes(shards: dict[str, Any]) -> None:

@@ -450,3 +450,20 @@ def test_expected_gradients_completeness(rng: torch.Generator) -> None:
     torch.testing.assert_close(total, fx.mean() - fb.mean(), **tolerance(F64))
     stderr = float(fbg.std()) / math.sqrt(x.shape[0])
     assert abs(float(total) - float(fx.mean() - fbg.mean())) < 5 * stderr
+
+
+def test_take_reads_the_stream_out_of_order(rng: torch.Generator) -> None:
+    """``take(a, b)`` gives points ``a..b`` of the anchors' stream where the data can be
+    indexed (a tensor, a pair, a map-style Dataset), and ``None`` where it can only be
+    read in order (a DataLoader; a ClassDoI whose labels are inside a Dataset)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.randn(13, 2, 3, generator=rng)
+    y = torch.arange(13) % 3
+    stream = lambda doi: torch.cat(list(doi.anchors(4)))  # noqa: E731
+    for data in (x, (x, y), TensorDataset(x, y)):
+        doi = DatasetDoI(data)
+        assert torch.equal(doi.take(3, 11), stream(doi)[3:11])
+    assert torch.equal(ClassDoI((x, y), 1).take(1, 4), stream(ClassDoI((x, y), 1))[1:4])
+    assert DatasetDoI(DataLoader(TensorDataset(x), batch_size=4)).take(0, 2) is None
+    assert ClassDoI(TensorDataset(x, y), 1).take(0, 2) is None

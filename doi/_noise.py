@@ -96,7 +96,7 @@ class NoiseDoI(PointwiseDoI):
             noise = self._normals(rows, seed, dims, anchors)
         else:
             noise = self._sobol_normals(rows, seed, dims, anchors).to(anchors.dtype)
-        points = rows.take(anchors) + self.sigma * noise.view(-1, *shape)
+        points = torch.add(rows.take(anchors), noise.view(-1, *shape), alpha=self.sigma, out=noise.view(-1, *shape))  # in place: one pass
         return points, torch.full((rows.stop - rows.start,), self.weight, dtype=anchors.dtype, device=anchors.device)
 
     def _normals(self, rows: Rows, seed: int, dims: int, like: Tensor) -> Tensor:

@@ -10,8 +10,9 @@ Bare loops (what an expert would write by hand for the same samples):
   L3  per batch: h without grad, then forward/backward of g from the cut
   LK  one forward, K backward passes (retain_graph) for K quantities
 
-Each repetition runs ours, the bare loop and Captum back to back (interleaved), after a
-warm-up; the table gives medians and the ratios of the medians.
+Each repetition runs ours, the bare loop and Captum back to back (interleaved, in an
+order rotated from one repetition to the next), after a warm-up; the table gives medians
+and the ratios of the medians.
 """
 
 from __future__ import annotations
@@ -265,9 +266,10 @@ def measure(cases: list[Case], exact: list[Case], reps: int, device: torch.devic
             reference = case64.bare()
             errors = {f"{k}_err": disagreement(outputs[k], reference) for k in ("ours", "captum") if k in outputs}
         times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(reps):
-            for key, fn in fns.items():
-                times[key].append(_timed(fn, device))
+        keys = list(fns)
+        for rep in range(reps):  # interleaved, the order rotated so that none always follows another
+            for key in keys[rep % len(keys) :] + keys[: rep % len(keys)]:
+                times[key].append(_timed(fns[key], device))
         med = {k: statistics.median(v) for k, v in times.items()}
         rows.append({"case": case.name, "loop": case.loop, "agree": agree, **errors, **med})
         print(_format_row(rows[-1]), flush=True)
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     population, args.pool_steps = 512, 4
     reps = args.reps or 9
     if args.quick:
-        reps, population = args.reps or 5, 128
+        reps, population = args.reps or 6, 128
     if args.tiny:
         reps, population, args.steps, args.batch, anchors = 1, 16, 4, 8, 2
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, {reps} repetitions (medians)")

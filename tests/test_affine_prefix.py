@@ -250,6 +250,29 @@ def test_no_prefix(model: nn.Module, why: str, rng: torch.Generator) -> None:
     assert_same(lambda **o: input_influence(model, 0, LineDoI(0.0, 4), x, batch_size=8, **o))
 
 
+class BatchOfOne(nn.Module):
+    """Written for one point at a time (``view(1, -1)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.tanh(self.fc(x.view(1, -1))))
+
+
+def test_a_model_that_refuses_the_probe_runs_without_it(rng: torch.Generator) -> None:
+    """The prefix is checked on three rows; a model that only takes a batch of one gets
+    no prefix and still runs with ``batch_size=1``."""
+    model = BatchOfOne().double().eval()
+    x = torch.randn(2, 6, generator=rng, dtype=torch.float64)
+    assert prefix_of(Slice(model, None), x) is None
+    got = input_influence(model, 1, LineDoI(0.0, 3), x, batch_size=1, multiply_activation=True)
+    want = torch.stack([input_influence(nn.Sequential(model.fc, nn.Tanh(), model.out), 1, LineDoI(0.0, 3), x[i : i + 1], multiply_activation=True).values[0] for i in range(2)])
+    torch.testing.assert_close(got.values, want, **TOL)
+
+
 def test_batch_mixing_prefix_is_refused(rng: torch.Generator) -> None:
     model = Centred().double().eval()
     x = torch.randn(4, 4, generator=rng, dtype=torch.float64)

@@ -1,11 +1,11 @@
 """Checkpoints of long population queries, and atomic file writes.
 
 A checkpoint holds what a population query has accumulated after its first ``P`` points:
-the float64 sums ``Σ m_i``, ``Σ m_i²`` (and over channel sums) and the counts of every
-QoI, ``P``, the seed, a hash of the ``P``-th point and a few before it (checked when
-resuming), and a *fingerprint* of the query: the slice, DoI and QoIs (their reprs, and
-the bytes of any tensor they hold, such as a baseline), ``multiply_activation``, the
-seed, dtype and device type, a hash of the model's ``state_dict`` and of the data (its
+the float64 sums ``Σ d_i``, ``Σ d_i²`` of ``d_i = m_i − s`` with their shift ``s`` (and
+over channel sums) and the counts of every QoI, ``P``, the seed, a hash of the ``P``-th
+point and a few before it (checked when resuming), and a *fingerprint* of the query: the
+slice, DoI and QoIs (their reprs, and the bytes of any tensor they hold, such as a
+baseline), ``multiply_activation``, ``affine_prefix``, the seed, dtype and device type, a hash of the model's ``state_dict`` and of the data (its
 size and first point). Resuming skips the first ``P`` points of the stream without
 computing them and adds the rest in the same chunks as an uninterrupted run, so the
 result is bit for bit the same.

@@ -6,9 +6,11 @@ When the default process group is initialised (``torchrun``, or a user's own
 * pointwise DoIs: rank ``r`` of ``W`` explains the contiguous block of anchors
   ``[r·N/W, (r+1)·N/W)``; the blocks are gathered so that every rank returns the whole
   ``(N, *unit)`` result in the original order;
-* population DoIs: every rank reads the same stream of anchors, cut into the same
-  chunks, and integrates chunk ``i`` when ``i mod W = r``; the float64 sums
-  ``Σ m_i``, ``Σ m_i²`` and the counts are all-reduced at the end.
+* population DoIs: the stream of anchors is cut into the same chunks on every rank, and
+  rank ``r`` integrates chunk ``i`` when ``i mod W = r`` (reading only its own chunks
+  when the data can be indexed, see ``PopulationDoI.take``; else every rank reads the
+  stream); the float64 sums (moved to a common shift) and the counts are all-reduced at
+  the end.
 
 Random draws are keyed by ``(seed, global anchor id, sample block)`` (:mod:`doi._random`),
 so each anchor gets the same samples whatever the number of processes; results differ from

@@ -1,7 +1,7 @@
 """Sharding a query over ``torch.distributed`` processes (two CPU processes, gloo).
 
 Pooled DoIs: chunk ``i`` of the population goes to rank ``i mod 2`` and the float64 sums
-``Σ m_i``, ``Σ m_i²`` and counts are all-reduced; pointwise DoIs: rank ``r`` explains the
+and counts are all-reduced; pointwise DoIs: rank ``r`` explains the
 anchors ``[r·N/2, (r+1)·N/2)`` and the blocks are gathered. Random draws depend only on
 ``(seed, anchor id, sample)``, so every anchor gets the same samples as in one process:
 the results equal the single-process ones up to the order of float64 additions (1e-10).

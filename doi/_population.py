@@ -74,6 +74,7 @@ class ClassDoI(PopulationDoI):
                 raise ValueError(f"ClassDoI: label {label} does not occur in the data (labels present: {present})")
         self.data, self.label = data, label
         self.each = _check_each(each, "ClassDoI")
+        self._members: Tensor | None = None  # see take
 
     def anchors(self, batch_size: int) -> Iterator[Tensor]:
         found = 0
@@ -92,8 +93,9 @@ class ClassDoI(PopulationDoI):
         y = labels_of(self.data)
         if y is None:
             return None
-        members = (torch.as_tensor(y) == self.label).nonzero().squeeze(1)
-        return rows_of(self.data, members[start:stop].to(self.data[0].device))
+        if self._members is None:  # the positions of the class's points, found once
+            self._members = (torch.as_tensor(y) == self.label).nonzero().squeeze(1).to(self.data[0].device)
+        return rows_of(self.data, self._members[start:stop])
 
     def __repr__(self) -> str:
         return f"ClassDoI(data={type(self.data).__name__}, label={self.label}, each={self.each!r})"

@@ -712,12 +712,17 @@ def _parse_checkpoint(value: Any, path: str, ctx: _Ctx) -> Path:
     return target
 
 
+def _word_or_int(value: Any, path: str, word: str, minimum: int, expected: str) -> Any:
+    """``word`` itself, or an int ``>= minimum``; else a QueryError saying ``expected``."""
+    if isinstance(value, str) and value == word:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and minimum <= value < _INT_LIMIT:
+        return value
+    raise QueryError(path, f"must be {expected} (got {_show(value)})")
+
+
 def _parse_batch_size(value: Any, path: str, ctx: _Ctx) -> Any:
-    if isinstance(value, str) and value == "auto":
-        return value
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value < _INT_LIMIT:
-        return value
-    raise QueryError(path, f"must be an int >= 1 or 'auto' (got {_show(value)})")
+    return _word_or_int(value, path, "auto", 1, "an int >= 1 or 'auto'")
 
 MODEL_SCHEMA = Schema(
     (
@@ -755,11 +760,7 @@ INPUTS_SCHEMA = Schema(
 )
 
 def _parse_anchor(value: Any, path: str, ctx: _Ctx) -> Any:
-    if isinstance(value, str) and value == "mean":
-        return value
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _INT_LIMIT:
-        return value
-    raise QueryError(path, f"must be 'mean' or an int >= 0 (a point's position among the inputs) (got {_show(value)})")
+    return _word_or_int(value, path, "mean", 0, "'mean' or an int >= 0 (a point's position among the inputs)")
 
 
 TOP_SCHEMA = Schema(

@@ -37,7 +37,6 @@ import os
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Sequence
 
@@ -48,7 +47,6 @@ from doi import DistributionOfInterest, PointwiseDoI, PopulationDoI, Rows
 from qoi import QoIContext, QuantityOfInterest, as_qoi
 from slices import Slice
 from slices._affine import AffinePrefix
-from slices._cut import find_module
 
 from . import _distributed
 from ._checkpoint import TAIL_ROWS, Checkpoint, fingerprint, hash_rows
@@ -56,6 +54,7 @@ from ._distributed import Group
 from ._frozen import frozen
 from ._moments import AnchorEstimates, ChunkAccumulator, PerPointResults, PopulationMoments
 from ._progress import progress_bar
+from ._recording import LayerRecorder
 from .result import InfluenceResult
 
 _CHUNK_BYTES = 128 * 2**20  # memory for the per-anchor buffers of one chunk
@@ -80,26 +79,6 @@ def _rebatch(parts: Iterator[Tensor], size: int) -> Iterator[Tensor]:
                 pending, count = [], 0
     if pending:
         yield torch.cat(pending) if len(pending) > 1 else pending[0]
-
-
-@contextmanager
-def _recording(model: nn.Module | None, layers: Sequence[str]) -> Iterator[dict[str, Tensor]]:
-    """Record the outputs of the named modules during forward passes."""
-    store: dict[str, Tensor] = {}
-    if not layers:
-        yield store
-        return
-    if model is None:
-        raise ValueError(f"qoi: reads layers {list(layers)} but the slice has no model to find them in; pass model= to Slice.from_functions")
-    handles = []
-    try:
-        for name in layers:
-            module = find_module(model, name, what="NeuronQoI")
-            handles.append(module.register_forward_hook(lambda m, a, out, name=name: store.__setitem__(name, out)))
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _model_dtype(model: nn.Module | None) -> torch.dtype | None:
@@ -414,6 +393,7 @@ class _Integrator:
         self.batch_size = query.batch_size
         self.in_slice_space = self.each.space == "slice" and not self.slice.is_input
         self.layers = list(dict.fromkeys(name for q in query.qois for name in q.layers))
+        self.recorder = LayerRecorder(self.layers)
         cut = self.slice.cut
         self.cut_layer = cut.layer if cut is not None and cut.at == "output" and cut.layer in self.layers else None
         self.first_batch = True
@@ -432,7 +412,7 @@ class _Integrator:
         self.row_table: tuple[Tensor, Tensor] | None = None  # see _rows
 
     def run(self) -> list[InfluenceResult]:
-        with _recording(self.slice.model, self.layers) as self.activations:
+        with self.recorder.attached(self.slice.model) as self.activations:
             if self.query.population is not None:
                 self._run_population()
             else:
@@ -899,7 +879,7 @@ class _Integrator:
         else:
             points, weights = self.each.draw(chunk.anchors, chunk.reference, rows, seed)
             points = _in_layout(points, self.channels_last)
-        self.activations.clear()
+        self.recorder.clear()
         if self.affine is not None:  # gradients at g's frontier (pulled back in _finish)
             wrt = [u.requires_grad_(True) for u in frontier]
             out = self.affine.rest(*wrt)
@@ -917,6 +897,7 @@ class _Integrator:
             if self.cut_layer is not None:
                 self.activations[self.cut_layer] = z
             wrt = [z]
+        self.recorder.check()
         anchor_output = None if chunk.anchor_output is None else _index_output(chunk.anchor_output, rows.anchor)
         context = QoIContext(self.activations, anchor_output)
         same = self.each.weight

@@ -61,6 +61,7 @@ from slices._cut import find_module
 from ._engine import internal_influence
 from ._frozen import frozen
 from ._rankings import RANKINGS
+from ._recording import LayerRecorder
 from .result import InfluenceResult
 
 __all__ = [
@@ -1612,31 +1613,25 @@ class _QueryBuilder(_Builder):
         layers = list(qoi.layers)
         if layers and self.session.is_script:
             raise QueryError(path, "a neuron QoI records a layer with hooks, which TorchScript models do not support; load the model with factory:")
-        store: dict[str, Tensor] = {}
-        handles = []
-        try:
-            for name in layers:
-                neuron_path = _neuron_path(spec, name, path)
-                with _at(neuron_path):
-                    module = find_module(self.model, name, what="neuron")
-                handles.append(module.register_forward_hook(lambda m, a, out, name=name: store.__setitem__(name, out)))
-            assert self.slice is not None
-            x = self.session.as_model_input(self.data.x[self.rows[:1]])
-            with frozen(self.slice.modules()), torch.enable_grad(), _at(path):
-                z, out = self.slice.forward_cut(x)
-                cut = self.slice.cut
-                if cut is not None and cut.at == "output" and cut.layer in layers:
-                    store[cut.layer] = z  # as the engine does: the cut's own units
-                value = qoi(out, QoIContext(store, anchor_output=out))
-            if not value.requires_grad:
-                raise QueryError(
-                    path,
-                    f"{qoi!r} does not depend on the activations at the cut ({self.slice.layer or 'the input'}); "
-                    "a neuron QoI must name a layer after the cut",
-                )
-        finally:
-            for handle in handles:
-                handle.remove()
+        for name in layers:
+            with _at(_neuron_path(spec, name, path)):
+                find_module(self.model, name, what="neuron")
+        assert self.slice is not None
+        x = self.session.as_model_input(self.data.x[self.rows[:1]])
+        recorder = LayerRecorder(layers)
+        with recorder.attached(self.model) as store, frozen(self.slice.modules()), torch.enable_grad(), _at(path):
+            z, out = self.slice.forward_cut(x)
+            recorder.check()
+            cut = self.slice.cut
+            if cut is not None and cut.at == "output" and cut.layer in layers:
+                recorder.outputs[cut.layer] = z  # as the engine does: the cut's own units
+            value = qoi(out, QoIContext(store, anchor_output=out))
+        if not value.requires_grad:
+            raise QueryError(
+                path,
+                f"{qoi!r} does not depend on the activations at the cut ({self.slice.layer or 'the input'}); "
+                "a neuron QoI must name a layer after the cut",
+            )
 
 
 def _neuron_path(spec: dict[str, Any], layer: str, path: str) -> str:

@@ -153,8 +153,7 @@ def _build(fn: nn.Module, example: Tensor) -> AffinePrefix | None:
         return None
     prefix, rest = (fx.GraphModule(fn, g) for g in split)
     for module in (prefix, rest):
-        module.graph.eliminate_dead_code()
-        module.recompile()
+        eliminate_dead_code(module)
     return AffinePrefix(prefix, rest) if _agrees(fn, prefix, rest, example) else None
 
 
@@ -209,6 +208,8 @@ def _split(root: nn.Module, graph: fx.Graph, kind: dict[fx.Node, str]) -> tuple[
     if not heavy:
         return None
     prefix_nodes = {n for n, k in kind.items() if k in ("affine", "shape")}
+    if _mutated_then_read_in_prefix(root, nodes, prefix_nodes):
+        return None
     frontier = [n for n in nodes if kind.get(n) == "affine" and any(u not in prefix_nodes for u in n.users)]
     if any(kind.get(u) != "shape" and u not in prefix_nodes for n in nodes if kind.get(n) == "shape" for u in n.users):
         return None  # a size of z used after the prefix would be the anchors', not the samples'
@@ -305,6 +306,31 @@ def mutates(root: nn.Module, n: fx.Node) -> bool:
     return False
 
 
+def eliminate_dead_code(module: fx.GraphModule) -> None:
+    """Remove the nodes whose values are never used, except those that write into an
+    argument, and recompile. ``torch.fx``'s own pass removes ``z.relu_()`` or
+    ``ReLU(inplace=True)(z)`` when the code goes on with ``z`` and not with their
+    result, which silently drops the op."""
+    graph = module.graph
+    for n in reversed(list(graph.nodes)):
+        if not n.users and n.op not in ("placeholder", "output") and not mutates(module, n) and not n.is_impure():
+            graph.erase_node(n)
+    module.recompile()
+
+
+def _mutated_then_read_in_prefix(root: nn.Module, nodes: list[fx.Node], prefix_nodes: set[fx.Node]) -> bool:
+    """Is a value written in place by an op outside the prefix and read afterwards by an
+    op inside it (``z.relu_(); lin(z)``: fx's ``lin`` node takes ``z``, not the result of
+    ``relu_``)? The prefix would then compute with the value before the write."""
+    order = {n: i for i, n in enumerate(nodes)}
+    for m in nodes:
+        if m in prefix_nodes or not mutates(root, m) or not m.args or not isinstance(m.args[0], fx.Node):
+            continue
+        if any(u is not m and u in prefix_nodes and order[u] > order[m] for u in m.args[0].users):
+            return True
+    return False
+
+
 def _agrees(fn: nn.Module, prefix: fx.GraphModule, rest: fx.GraphModule, example: Tensor) -> bool:
     """``rest(prefix(z)) == fn(z)`` on three rows made from the example, and the frontier
     keeps rows apart (row ``r`` of every ``u_i`` depends on row ``r`` of ``z`` only). A
@@ -312,10 +338,10 @@ def _agrees(fn: nn.Module, prefix: fx.GraphModule, rest: fx.GraphModule, example
     with torch.no_grad():
         one = example[:1].detach()
         z = torch.cat([one, -0.5 * one, 0.25 * one])
-        try:
-            expected = fn(z)
-            u = prefix(z)
-            alone = prefix(z[1:2])
+        try:  # each on its own copy: the model may write into its input
+            expected = fn(z.clone())
+            u = prefix(z.clone())
+            alone = prefix(z[1:2].clone())
             if any(t.shape[0] != 3 or not _close(t[1:2], a) for t, a in zip(u, alone)):
                 return False
             return _close(rest(*u), expected)

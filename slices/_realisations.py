@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from ._affine import mutates
+from ._affine import eliminate_dead_code, mutates
 from ._cut import Cut
 
 
@@ -44,6 +44,33 @@ def _as_leaf(t: Any, cut: Cut) -> Tensor:
     return _check_tensor(t, cut).detach().requires_grad_(True)
 
 
+def _writes_into_leaf(error: RuntimeError) -> bool:
+    """Is ``error`` autograd refusing an in-place write into a leaf that requires grad
+    (or into a view of one)?"""
+    return "leaf Variable that requires grad is being used in an in-place operation" in str(error)
+
+
+class _LeafGuard:
+    """Calls ``g`` on ``z``, a leaf that requires grad. A model may write into its input
+    in place (``x.relu_()`` first thing in a block), which autograd refuses for a leaf;
+    ``g`` then gets a copy of ``z`` (the gradient through ``clone`` is the identity), from
+    that call on. ``copy`` starts ``True`` where the write can be seen without running."""
+
+    def __init__(self, copy: bool = False) -> None:
+        self.copy = copy
+
+    def __call__(self, g: Callable[[Tensor], Any], z: Tensor) -> Any:
+        if self.copy or not z.requires_grad:
+            return g(z.clone() if self.copy else z)
+        try:
+            return g(z)
+        except RuntimeError as e:
+            if not _writes_into_leaf(e):
+                raise
+        self.copy = True
+        return g(z.clone())
+
+
 class _ModuleSplit:
     """``h`` and ``g`` as two modules: ``g(z)`` needs nothing but ``z``."""
 
@@ -52,15 +79,15 @@ class _ModuleSplit:
 
     def __init__(self, h: nn.Module, g: nn.Module, cut: Cut) -> None:
         self._h, self._g, self._cut = h, g, cut
-        self._copy_z = _writes_into_input(g)
+        self._guard = _LeafGuard(_writes_into_input(g))
 
     def h(self, x: Tensor) -> Tensor:
         return _check_tensor(self._h(x), self._cut)
 
     def g(self, z: Tensor, x: Tensor | None = None) -> Any:
-        # g's first op writes into z (an in-place ReLU after a batch norm cut): a leaf
-        # that requires grad must not be written into, so g gets a copy
-        return self._g(z.clone() if self._copy_z else z)
+        # g may write into z (an in-place ReLU after a batch norm cut): a leaf that
+        # requires grad must not be written into, so g then gets a copy
+        return self._guard(self._g, z)
 
     def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
         with torch.no_grad():
@@ -142,16 +169,15 @@ class GraphSplit(_ModuleSplit):
             if not node.args or not isinstance(node.args[0], fx.Node):
                 return None
             node = node.args[0]
-        parts = _partition(graph, node)
+        parts = _partition(model, graph, node)
         if parts is None:
             return None
         h_module, g_module = (fx.GraphModule(model, graph) for graph in parts)
-        g_module.graph.eliminate_dead_code()
-        g_module.recompile()
+        eliminate_dead_code(g_module)
         return cls(h_module, g_module, cut)
 
 
-def _partition(graph: fx.Graph, cut: fx.Node) -> tuple[fx.Graph, fx.Graph] | None:
+def _partition(model: nn.Module, graph: fx.Graph, cut: fx.Node) -> tuple[fx.Graph, fx.Graph] | None:
     """Split ``graph`` at node ``cut`` if every input-dependent value used after the cut
     is computed from the cut (a separating node); else ``None``."""
     nodes = list(graph.nodes)
@@ -173,6 +199,8 @@ def _partition(graph: fx.Graph, cut: fx.Node) -> tuple[fx.Graph, fx.Graph] | Non
     output = nodes[-1]
     if output.op != "output" or output not in downstream:
         return None
+    if any(mutates(model, n) and n not in ancestors and n is not cut and n not in downstream for n in nodes):
+        return None  # an in-place write whose result is not used (``x.relu_()``) would be lost
     for n in downstream:
         for a in n.all_input_nodes:
             if a is not cut and a not in downstream and a in depends_on_input:
@@ -280,12 +308,13 @@ class FunctionSplit:
 
     def __init__(self, h: Callable[[Tensor], Tensor] | None, g: Callable[[Tensor], Any], realisation: str) -> None:
         self._h, self._g, self.realisation = h, g, realisation
+        self._guard = _LeafGuard()
 
     def h(self, x: Tensor) -> Tensor:
         return x if self._h is None else self._h(x)
 
     def g(self, z: Tensor, x: Tensor | None = None) -> Any:
-        return self._g(z)
+        return self._guard(self._g, z)
 
     def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
         if self._h is None:
@@ -296,4 +325,4 @@ class FunctionSplit:
             if not isinstance(z, Tensor):
                 raise TypeError(f"Slice: h returned a {type(z).__name__}, expected a tensor")
         z = z.detach().requires_grad_(True)
-        return z, self._g(z)
+        return z, self.g(z)

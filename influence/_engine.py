@@ -37,6 +37,7 @@ import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Sequence
 
@@ -136,8 +137,8 @@ class _Query:
                 raise ValueError(f"inputs: {type(doi).__name__} explains given points; pass inputs, a tensor (N, *input_shape)")
             if not isinstance(inputs, Tensor):
                 raise TypeError(f"inputs: expected a tensor (N, *input_shape) (got {type(inputs).__name__})")
-            if inputs.ndim < 2:
-                raise ValueError(f"inputs: expected a batch of points (N, *input_shape), got shape {tuple(inputs.shape)}; add a batch dimension")
+            if inputs.ndim < 1:
+                raise ValueError("inputs: expected a batch of points (N, *input_shape) (got a 0-d tensor); a shape (N,) means N scalar points")
             if inputs.shape[0] == 0:
                 raise ValueError(f"inputs: no points to explain (shape {tuple(inputs.shape)})")
             if not inputs.is_floating_point():
@@ -546,7 +547,7 @@ class _Integrator:
         on one point). Finds the affine prefix to use, if any, and sets up the
         accumulators: one per QoI and differentiated tensor (the cut, or the frontier)."""
         x = first[:1].to(device=self.query.device, dtype=self.query.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), self._fitting(x):
             z = x if self.slice.is_input else self.slice.h(x)
         unit = tuple(z.shape[1:])
         each = self.each
@@ -668,10 +669,26 @@ class _Integrator:
         per-point results): their estimates per QoI, and which anchors to keep (``None``:
         all) after the non-finite check."""
         x = x.to(device=self.query.device, dtype=self.query.dtype)
-        chunk = self._prepare(x.clone() if x.is_inference() else x, first_id, local)
-        self._integrate(chunk)
+        with self._fitting(x) if self.first_batch else contextlib.nullcontext():
+            chunk = self._prepare(x.clone() if x.is_inference() else x, first_id, local)
+            self._integrate(chunk)
         estimates = [self._finish(accs, chunk) for accs in self.accumulators]
         return estimates, self._check_finite(chunk, estimates)
+
+    @contextmanager
+    def _fitting(self, x: Tensor) -> Iterator[None]:
+        """Until the model has run once, an error of torch's (a shape that does not fit a
+        layer, a wrong dtype) is the data's fault: say which data, and their shape."""
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as e:
+            owner = f"doi: the data of {self.query.doi!r}" if self.query.population is not None else "inputs"
+            raise ValueError(
+                f"{owner}: the model fails on points of shape {tuple(x.shape[1:])} ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
+                "check that the points have the shape (and layout) the model takes"
+            ) from None
 
     def _finish(self, accumulators: list[ChunkAccumulator], chunk: _Chunk) -> AnchorEstimates:
         """One QoI's estimates for the chunk; at an affine prefix's frontier, the sums

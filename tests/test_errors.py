@@ -385,6 +385,27 @@ def test_inputs_given_for_a_population_doi(model, x, y):
             input_influence(model, 0, doi, x)
 
 
+@pytest.mark.parametrize("layer", [None, "0", "2"])
+@pytest.mark.parametrize(
+    "make, owner",
+    [
+        (lambda x, y: (PointDoI(), x), "inputs"),
+        (lambda x, y: (LineDoI(steps=3), x), "inputs"),
+        (lambda x, y: (DatasetDoI(x), None), "doi: the data of DatasetDoI"),
+        (lambda x, y: (ClassDoI((x, y), 1), None), "doi: the data of ClassDoI"),
+        (lambda x, y: (DatasetDoI(TensorDataset(x, y), each=LineDoI(steps=3, space="slice")), None), "doi: the data of DatasetDoI"),
+    ],
+)
+def test_points_that_do_not_fit_the_model(model, make, owner, layer):
+    """Points of the wrong shape (here 5 features for a model of 6) name the data and
+    the shape of one point, pointwise and pooled, at the input and at a layer."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 5, generator=g), torch.tensor([0, 1, 0, 1])
+    doi, inputs = make(x, y)
+    with _clear(ValueError, owner, "(5,)", "mat1 and mat2"):
+        internal_influence(Slice(model, layer), 0, doi, inputs)
+
+
 @pytest.mark.parametrize("inputs, kind", [([[0.0] * 6], TypeError), ("x", TypeError), (torch.zeros(2, 6, dtype=torch.long), TypeError)])
 def test_inputs_of_wrong_type(model, inputs, kind):
     with _clear(kind, "inputs"):

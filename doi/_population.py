@@ -79,9 +79,12 @@ class ClassDoI(PopulationDoI):
     def anchors(self, batch_size: int) -> Iterator[Tensor]:
         found = 0
         for x, y in batches(self.data, batch_size, "ClassDoI"):
-            keep = as_label_tensor(y, "ClassDoI").to(x.device) == self.label
-            found += int(keep.sum())
-            yield x[keep]
+            # the members' positions found on the host (labels usually are), so that
+            # points on a GPU are selected without waiting for it
+            labels = as_label_tensor(y, "ClassDoI")
+            members = ((labels if labels.device.type == "cpu" else labels.cpu()) == self.label).nonzero().squeeze(1)
+            found += members.shape[0]
+            yield x.index_select(0, members.to(x.device, non_blocking=True))
         if not found:
             raise ValueError(f"ClassDoI: label {self.label} does not occur in the data")
 

@@ -37,7 +37,6 @@ import os
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Sequence
 
@@ -52,7 +51,7 @@ from slices._affine import AffinePrefix
 from . import _distributed
 from ._checkpoint import TAIL_ROWS, Checkpoint, fingerprint, hash_rows
 from ._distributed import Group
-from ._frozen import frozen
+from ._frozen import ModuleSurvey, frozen
 from ._moments import AnchorEstimates, ChunkAccumulator, PerPointResults, PopulationMoments
 from ._progress import progress_bar
 from ._recording import LayerRecorder
@@ -82,22 +81,6 @@ def _rebatch(parts: Iterator[Tensor], size: int) -> Iterator[Tensor]:
         yield torch.cat(pending) if len(pending) > 1 else pending[0]
 
 
-def _model_dtype(model: nn.Module | None) -> torch.dtype | None:
-    if model is None:
-        return None
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return None
-
-
-def _model_device(model: nn.Module | None) -> torch.device | None:
-    if model is None:
-        return None
-    first = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return None if first is None else first.device
-
-
 class _Query:
     """A validated query: the arguments of :func:`internal_influence`, normalised."""
 
@@ -117,6 +100,7 @@ class _Query:
         checkpoint_every: Any = 60.0,
         nonfinite: Any = "raise",
         affine_prefix: Any = True,
+        survey: ModuleSurvey | None = None,
     ) -> None:
         if isinstance(slice, nn.Module):
             raise TypeError("slice: expected a slices.Slice (got an nn.Module); use Slice(model, layer) or input_influence(model, ...)")
@@ -194,9 +178,9 @@ class _Query:
                 torch.empty(0, device=dev)
             except (RuntimeError, AssertionError) as e:  # e.g. "Torch not compiled with CUDA enabled"
                 raise ValueError(f"device: {device!r} is not available here ({e})") from None
-        model = slice.model
-        self.device = dev or _model_device(model) or (inputs.device if isinstance(inputs, Tensor) else torch.device("cpu"))
-        self.dtype = dtype or _model_dtype(model) or (inputs.dtype if isinstance(inputs, Tensor) else torch.float32)
+        self.survey = survey if survey is not None else ModuleSurvey(slice.modules())
+        self.device = dev or self.survey.device or (inputs.device if isinstance(inputs, Tensor) else torch.device("cpu"))
+        self.dtype = dtype or self.survey.dtype or (inputs.dtype if isinstance(inputs, Tensor) else torch.float32)
         if self.auto_batch and self.device.type == "cuda":
             batch_size = AUTO_BATCH_CUDA
         self.slice, self.doi, self.inputs = slice, doi, inputs
@@ -324,7 +308,7 @@ def internal_influence(
         total = hi - lo
     bar = progress_bar(progress and (group is None or group.rank == 0), total)
     try:
-        with frozen(slice.modules()), torch.inference_mode(False), torch.enable_grad():
+        with frozen(query.survey), torch.inference_mode(False), torch.enable_grad():
             results = _Integrator(query, bar, group).run()
     finally:
         bar.close()
@@ -369,6 +353,28 @@ def _concat(parts: list[Any]) -> Any:
     return first
 
 
+class _Fitting:
+    """Until the model has run once, an error of torch's (a shape that does not fit a
+    layer, a wrong dtype) is the data's fault: it is raised as a ``ValueError`` that
+    names the data and the shape of one point."""
+
+    def __init__(self, query: _Query, x: Tensor) -> None:
+        self.query, self.x = query, x
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        if kind is None or not issubclass(kind, RuntimeError) or issubclass(kind, torch.cuda.OutOfMemoryError):
+            return
+        owner = f"doi: the data of {self.query.doi!r}" if self.query.population is not None else "inputs"
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"{owner}: the model fails on points of shape {tuple(self.x.shape[1:])} ({kind.__name__}: {first}); "
+            "check that the points have the shape (and layout) the model takes"
+        ) from None
+
+
 @dataclass
 class _Chunk:
     """What the rows of one chunk of anchors are drawn from."""
@@ -389,7 +395,8 @@ class _Integrator:
 
     def __init__(self, query: _Query, progress: Any, group: Group | None) -> None:
         self.query, self.progress, self.group = query, progress, group
-        self.slice = query.slice.moved(query.device, query.dtype)
+        there = query.survey.all_on(query.device, query.dtype)
+        self.slice = query.slice if there else query.slice.moved(query.device, query.dtype)
         self.each = query.each
         self.batch_size = query.batch_size
         self.in_slice_space = self.each.space == "slice" and not self.slice.is_input
@@ -398,8 +405,7 @@ class _Integrator:
         cut = self.slice.cut
         self.cut_layer = cut.layer if cut is not None and cut.at == "output" and cut.layer in self.layers else None
         self.first_batch = True
-        has_conv = self.slice.model is not None and any(isinstance(m, nn.Conv2d) for m in self.slice.model.modules())
-        auto = query.channels_last is None and query.device.type == "cpu" and has_conv
+        auto = query.channels_last is None and query.device.type == "cpu" and query.survey.has_conv
         self.channels_last: bool | str = "auto" if auto else bool(query.channels_last)
         # set by _probe when the query can use one: the affine prefix of g (a line in the
         # cut's space) or of h (a line in input space, the cut inside the model)
@@ -409,7 +415,7 @@ class _Integrator:
         self.sinks: list[Any] = []
         self.skip = query.nonfinite == "skip"
         self.skipped_ids: list[list[int]] = [[] for _ in query.qois]  # the first few, for the warning
-        self.value_total = torch.zeros(0)  # (Q,) per chunk: Σ q over all its samples
+        self.value_total: Tensor  # (Q,) per chunk: Σ q over all its samples (set in _prepare)
         self.row_table: tuple[Tensor, Tensor] | None = None  # see _rows
 
     def run(self) -> list[InfluenceResult]:
@@ -547,7 +553,7 @@ class _Integrator:
         on one point). Finds the affine prefix to use, if any, and sets up the
         accumulators: one per QoI and differentiated tensor (the cut, or the frontier)."""
         x = first[:1].to(device=self.query.device, dtype=self.query.dtype)
-        with torch.no_grad(), self._fitting(x):
+        with torch.no_grad(), _Fitting(self.query, x):
             z = x if self.slice.is_input else self.slice.h(x)
         unit = tuple(z.shape[1:])
         each = self.each
@@ -669,26 +675,11 @@ class _Integrator:
         per-point results): their estimates per QoI, and which anchors to keep (``None``:
         all) after the non-finite check."""
         x = x.to(device=self.query.device, dtype=self.query.dtype)
-        with self._fitting(x) if self.first_batch else contextlib.nullcontext():
+        with _Fitting(self.query, x) if self.first_batch else contextlib.nullcontext():
             chunk = self._prepare(x.clone() if x.is_inference() else x, first_id, local)
             self._integrate(chunk)
         estimates = [self._finish(accs, chunk) for accs in self.accumulators]
         return estimates, self._check_finite(chunk, estimates)
-
-    @contextmanager
-    def _fitting(self, x: Tensor) -> Iterator[None]:
-        """Until the model has run once, an error of torch's (a shape that does not fit a
-        layer, a wrong dtype) is the data's fault: say which data, and their shape."""
-        try:
-            yield
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except RuntimeError as e:
-            owner = f"doi: the data of {self.query.doi!r}" if self.query.population is not None else "inputs"
-            raise ValueError(
-                f"{owner}: the model fails on points of shape {tuple(x.shape[1:])} ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
-                "check that the points have the shape (and layout) the model takes"
-            ) from None
 
     def _finish(self, accumulators: list[ChunkAccumulator], chunk: _Chunk) -> AnchorEstimates:
         """One QoI's estimates for the chunk; at an affine prefix's frontier, the sums
@@ -717,7 +708,10 @@ class _Integrator:
         float16 may overflow although every value is finite; the values are then checked
         one by one (:meth:`_value_flags`)."""
         n = chunk.x.shape[0]
-        if bool(torch.isfinite(torch.stack([est.mean.sum() for est in estimates]).sum() + self.value_total.sum())):
+        total = self.value_total.sum()
+        for est in estimates:
+            total = total + est.mean.sum()
+        if bool(torch.isfinite(total)):
             return [None] * len(estimates)
         ok = torch.stack([torch.isfinite(est.mean.reshape(n, -1).sum(1)) for est in estimates], 1)
         if not bool(torch.isfinite(self.value_total).all()):
@@ -845,9 +839,9 @@ class _Integrator:
         while start < total:
             stop = min(start + self.batch_size, total)
             trial = self.channels_last == "auto" and self.first_batch
-            report = io.StringIO()  # what the trial prints (torch.fx prints a failing graph's code)
+            report = io.StringIO() if trial else None  # what the trial prints (torch.fx prints a failing graph's code)
             try:
-                with contextlib.redirect_stderr(report) if trial else contextlib.nullcontext():
+                with contextlib.redirect_stderr(report) if report is not None else contextlib.nullcontext():
                     _, grads, totals, _ = self._gradients(chunk, start, stop)
             except torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:
@@ -863,7 +857,7 @@ class _Integrator:
                 self.channels_last = False
                 _set_layout(chunk, torch.contiguous_format)
                 continue
-            if trial:
+            if report is not None:
                 sys.stderr.write(report.getvalue())
             self.first_batch = False
             for accs, grad in zip(self.accumulators, grads):
@@ -877,8 +871,7 @@ class _Integrator:
         tables made once (``r // S`` and ``r % S`` for every row of a chunk)."""
         s, need = self.each.samples, chunk.x.shape[0] * self.each.samples
         if self.row_table is None or self.row_table[0].shape[0] < need or self.row_table[0].device != chunk.x.device:
-            r = torch.arange(need, device=chunk.x.device)
-            self.row_table = (r // s, r % s)
+            self.row_table = _row_table(need, s, chunk.x.device)
         anchor, index = self.row_table
         return Rows(start, stop, s, chunk.first_id, anchor[start:stop], index[start:stop])
 
@@ -935,6 +928,20 @@ class _Integrator:
             totals.append(total.detach())
             grads.append([g if w is None else g * w for g, w in zip(grad, scale)])
         return values, grads, totals, rows.anchor
+
+
+_ROW_TABLES: dict[tuple[int, torch.device], tuple[Tensor, Tensor]] = {}
+
+
+def _row_table(rows: int, samples: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(r // S, r % S)`` for rows ``r`` of a chunk, at least ``rows`` long: made once
+    per ``S`` and device and shared by queries (read only), grown to a power of two."""
+    key = (samples, device)
+    table = _ROW_TABLES.get(key)
+    if table is None or table[0].shape[0] < rows:
+        r = torch.arange(1 << max(rows - 1, 1).bit_length(), device=device)
+        table = _ROW_TABLES[key] = (r // samples, r % samples)
+    return table
 
 
 def _line_ends(prefix: AffinePrefix, anchors: Tensor, reference: Tensor | None, batch_size: int) -> list[tuple[Tensor, Tensor]]:

@@ -2,34 +2,83 @@
 
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
+import torch
 from torch import nn
 
 
+class ModuleSurvey:
+    """What a query needs to know of its modules, from one walk over them: the modules in
+    training mode and the parameters that require grad (to freeze and restore), where
+    the first tensor lives and the first floating parameter's dtype (the query's
+    defaults), whether every tensor is already on a device and dtype, and whether there
+    is a 2-D convolution."""
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        self.training: list[nn.Module] = []
+        self.grad: list[nn.Parameter] = []
+        self.has_conv = False
+        self.device: torch.device | None = None
+        self.dtype: torch.dtype | None = None
+        self._placements: set[tuple[torch.device, torch.dtype | None]] = set()
+        seen: set[int] = set()
+        placements = self._placements
+        for root in modules:
+            for m in _walk(root, seen):
+                if m.training:
+                    self.training.append(m)
+                if not self.has_conv and isinstance(m, nn.Conv2d):
+                    self.has_conv = True
+                for t in m._parameters.values():
+                    if t is None:
+                        continue
+                    if t.requires_grad:
+                        self.grad.append(t)  # type: ignore[arg-type]
+                    floating = t.is_floating_point()
+                    if self.dtype is None and floating:
+                        self.dtype = t.dtype
+                    placements.add((t.device, t.dtype if floating else None))
+                for t in m._buffers.values():
+                    if t is not None:
+                        placements.add((t.device, t.dtype if t.is_floating_point() else None))
+        if placements:
+            first = next(itertools.chain(*(r.parameters() for r in modules), *(r.buffers() for r in modules)), None)
+            self.device = None if first is None else first.device
+
+    def all_on(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Is every parameter and buffer on ``device``, every floating one in ``dtype``?"""
+        return all(d == device and (t is None or t == dtype) for d, t in self._placements)
+
+
+def _walk(root: nn.Module, seen: set[int]) -> Iterator[nn.Module]:
+    """``root`` and its submodules, each once (also across calls sharing ``seen``)."""
+    stack = [root]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        yield m
+        stack.extend(c for c in m._modules.values() if c is not None)
+
+
 @contextmanager
-def frozen(modules: list[nn.Module]) -> Iterator[None]:
+def frozen(modules: Sequence[nn.Module] | ModuleSurvey) -> Iterator[None]:
     """Put every module in eval mode and every parameter to ``requires_grad=False``;
     restore both on exit, also when the body raises. With frozen weights the part of
     the network before the cut records no autograd graph."""
-    modes: dict[nn.Module, bool] = {}  # the modules in training mode
-    flags: dict[nn.Parameter, bool] = {}  # the parameters that require grad
-    for root in modules:
-        for m in root.modules():
-            if m.training:
-                modes[m] = True
-            for p in m._parameters.values():  # one walk over the modules
-                if p is not None and p.requires_grad:
-                    flags[p] = True
+    survey = modules if isinstance(modules, ModuleSurvey) else ModuleSurvey(modules)
     try:
-        for m in modes:
+        for m in survey.training:
             m.training = False
-        for p in flags:
+        for p in survey.grad:
             p.requires_grad_(False)
         yield
     finally:
-        for p in flags:
+        for p in survey.grad:
             p.requires_grad_(True)
-        for m in modes:
+        for m in survey.training:
             m.training = True

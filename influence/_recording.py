@@ -45,8 +45,9 @@ class LayerRecorder:
         self._calls: dict[str, int] = {}
 
     def clear(self) -> None:
-        self.outputs.clear()
-        self._calls.clear()
+        if self.outputs:
+            self.outputs.clear()
+            self._calls.clear()
 
     def _record(self, name: str, output: Any) -> None:
         self._calls[name] = self._calls.get(name, 0) + 1

@@ -44,13 +44,14 @@ def test_channels_last_gives_the_same_influence(rng: torch.Generator) -> None:
 
 def test_channels_last_falls_back_when_the_model_refuses_it(rng: torch.Generator) -> None:
     """Automatic channels-last retries the first batch in the default layout when the
-    model cannot take it (``.view`` on a channels-last tensor); forcing it raises."""
+    model cannot take it (``.view`` on a channels-last tensor); forcing it raises a
+    ``ValueError`` that names the inputs and keeps torch's message."""
     model = ViewNet().double()
     x = torch.randn(4, 3, 8, 8, generator=rng, dtype=F64)
     auto = input_influence(model, ClassQoI(0), PointDoI(), x, batch_size=2)
     plain = input_influence(model, ClassQoI(0), PointDoI(), x, batch_size=2, channels_last=False)
     assert torch.equal(auto.values, plain.values)
-    with pytest.raises(RuntimeError, match="view"):
+    with pytest.raises(ValueError, match=r"inputs: the model fails .*view"):
         input_influence(model, ClassQoI(0), PointDoI(), x, channels_last=True)
     with pytest.raises(TypeError, match="channels_last"):
         input_influence(model, ClassQoI(0), PointDoI(), x, channels_last="yes")  # type: ignore[arg-type]

@@ -43,7 +43,7 @@ from typing import Any, Iterator, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from doi import DistributionOfInterest, PointwiseDoI, PopulationDoI, Rows
+from doi import DistributionOfInterest, LineDoI, PointwiseDoI, PopulationDoI, Rows
 from qoi import QoIContext, QuantityOfInterest, as_qoi
 from slices import Slice
 from slices._affine import AffinePrefix
@@ -354,9 +354,10 @@ def _concat(parts: list[Any]) -> Any:
 
 
 class _Fitting:
-    """Until the model has run once, an error of torch's (a shape that does not fit a
-    layer, a wrong dtype) is the data's fault: it is raised as a ``ValueError`` that
-    names the data and the shape of one point."""
+    """Until the model has run once, an error of torch's in the model's forward pass (a
+    shape that does not fit a layer, a wrong dtype) is the data's fault: it is raised as
+    a ``ValueError`` that names the data and the shape of one point. (Errors of a QoI
+    are left as they are.)"""
 
     def __init__(self, query: _Query, x: Tensor) -> None:
         self.query, self.x = query, x
@@ -405,6 +406,8 @@ class _Integrator:
         cut = self.slice.cut
         self.cut_layer = cut.layer if cut is not None and cut.at == "output" and cut.layer in self.layers else None
         self.first_batch = True
+        # an attribution along a line: its sum is checked against q(end) − q(start)
+        self.track_completeness = query.multiply and isinstance(self.each, LineDoI)
         auto = query.channels_last is None and query.device.type == "cpu" and query.survey.has_conv
         self.channels_last: bool | str = "auto" if auto else bool(query.channels_last)
         # set by _probe when the query can use one: the affine prefix of g (a line in the
@@ -441,19 +444,19 @@ class _Integrator:
         for start in range(lo, hi, chunk_size):
             x = inputs[start : min(hi, start + chunk_size)]
             try:
-                estimates, keep = self._chunk(x, start, start - lo)
+                estimates, keep, gaps = self._chunk(x, start, start - lo)
             except Exception as e:
                 if group is None:
                     raise
                 failure = e  # raised on every process below, not here: the others would hang
                 break
-            for sink, est, k in zip(self.sinks, estimates, keep):
-                sink.add(start - lo, est, k)
+            for sink, est, k, dq in zip(self.sinks, estimates, keep, gaps):
+                sink.add(start - lo, est, k, dq)
             self.progress.update(x.shape[0])
         if group is not None:
             self._raise_failures(failure)
             for sink in self.sinks:
-                sink.ensure(unit, query.device, self.each.groups)
+                sink.ensure(unit, query.device, self.each.groups, self.track_completeness)
                 sink.gather(lambda t: group.gather_rows(t, total))
 
     def _run_population(self) -> None:
@@ -494,15 +497,15 @@ class _Integrator:
                 if failure is None and (group is None or group.owns(index)):
                     assert isinstance(raw, Tensor)
                     try:
-                        estimates, keep = self._chunk(raw, position, 0)
+                        estimates, keep, gaps = self._chunk(raw, position, 0)
                     except Exception as e:
                         if group is None:
                             raise
                         failure = e
                     else:
                         clean = False
-                        for sink, est, k in zip(self.sinks, estimates, keep):
-                            sink.add(position, est, k)
+                        for sink, est, k, dq in zip(self.sinks, estimates, keep, gaps):
+                            sink.add(position, est, k, dq)
                 position, last = position + size, raw
                 clean = True
                 self.progress.update(size)
@@ -670,16 +673,18 @@ class _Integrator:
 
     # --- one chunk ------------------------------------------------------------------------------
 
-    def _chunk(self, x: Tensor, first_id: int, local: int) -> tuple[list[AnchorEstimates], list[Tensor | None]]:
+    def _chunk(self, x: Tensor, first_id: int, local: int) -> tuple[list[AnchorEstimates], list[Tensor | None], list[Tensor | None]]:
         """Integrate the anchors ``x`` (ids ``first_id…``; ``local``: where they go in
-        per-point results): their estimates per QoI, and which anchors to keep (``None``:
-        all) after the non-finite check."""
+        per-point results): their estimates per QoI, which anchors to keep (``None``:
+        all) after the non-finite check, and per QoI the change ``Δq`` along each
+        anchor's line (``None`` unless completeness is tracked)."""
         x = x.to(device=self.query.device, dtype=self.query.dtype)
         with _Fitting(self.query, x) if self.first_batch else contextlib.nullcontext():
             chunk = self._prepare(x.clone() if x.is_inference() else x, first_id, local)
-            self._integrate(chunk)
+        self._integrate(chunk)
         estimates = [self._finish(accs, chunk) for accs in self.accumulators]
-        return estimates, self._check_finite(chunk, estimates)
+        gaps: list[Tensor | None] = list(self._line_changes(chunk).unbind(1)) if self.track_completeness else [None] * len(estimates)
+        return estimates, self._check_finite(chunk, estimates), gaps
 
     def _finish(self, accumulators: list[ChunkAccumulator], chunk: _Chunk) -> AnchorEstimates:
         """One QoI's estimates for the chunk; at an affine prefix's frontier, the sums
@@ -697,6 +702,38 @@ class _Integrator:
         if chunk.delta is not None:
             mean.mul_(chunk.delta)
         return AnchorEstimates(mean, None, None)
+
+    def _line_changes(self, chunk: _Chunk) -> Tensor:
+        """``(n, Q)`` float64: ``Δq = q(end) − q(start)`` of each anchor's line, for each
+        QoI, from two plain forward passes (no grad, no affine prefix): at the anchors
+        and at their references, in the DoI's space. A baseline shared by every anchor
+        runs once, unless a QoI reads the anchor's output (``MaxClassQoI``) or ``g``
+        reads the anchor's input (a hook slice)."""
+        n, b, qois = chunk.x.shape[0], self.batch_size, self.query.qois
+        assert chunk.reference is not None
+        # a hook slice's g(z; x) may depend on x beside z (a skip over the cut): per anchor
+        per_anchor = any(q.needs_anchor_output for q in qois) or (self.in_slice_space and not self.slice.is_split)
+        shared = chunk.reference.stride(0) == 0 and not per_anchor
+        values = []
+        with torch.no_grad():
+            for points, rows in ((chunk.anchors, n), (chunk.reference[:1] if shared else chunk.reference, 1 if shared else n)):
+                part = []
+                for i in range(0, rows, b):
+                    p = points[i : i + b].contiguous()  # the default layout: every model takes it
+                    self.recorder.clear()
+                    if self.in_slice_space:
+                        z, out = p, self.slice.g(p, None if self.slice.is_split else chunk.x[i : i + b])
+                    else:
+                        z = p if self.slice.is_input else self.slice.h(p)
+                        out = self.slice.g(z, p)
+                    self.recorder.check()
+                    if self.cut_layer is not None:
+                        self.activations[self.cut_layer] = z
+                    anchor_output = None if chunk.anchor_output is None else _index_output(chunk.anchor_output, torch.arange(i, i + p.shape[0], device=p.device))
+                    context = QoIContext(self.activations, anchor_output)
+                    part.append(torch.stack([q(out, context).double() for q in qois], 1))
+                values.append(torch.cat(part) if len(part) > 1 else part[0])
+        return values[0] - values[1]
 
     def _check_finite(self, chunk: _Chunk, estimates: list[AnchorEstimates]) -> list[Tensor | None]:
         """One host synchronisation per chunk: are all estimates and QoI values finite? If
@@ -788,6 +825,7 @@ class _Integrator:
                         RuntimeWarning,
                         stacklevel=4,
                     )
+            completeness = sink.completeness() if self.track_completeness else None
             results.append(
                 InfluenceResult(
                     values=mean.cpu(),
@@ -797,6 +835,7 @@ class _Integrator:
                     pooled=query.population is not None,
                     query=description,
                     channel_stderr=None if channel_stderr is None else channel_stderr.cpu(),
+                    completeness=None if completeness is None else completeness.cpu(),
                 )
             )
         return results
@@ -890,23 +929,24 @@ class _Integrator:
             points, weights = self.each.draw(chunk.anchors, chunk.reference, rows, seed)
             points = _in_layout(points, self.channels_last)
         self.recorder.clear()
-        if self.affine is not None:  # gradients at g's frontier (pulled back in _finish)
-            wrt = [u.requires_grad_(True) for u in frontier]
-            out = self.affine.rest(*wrt)
-        else:
-            if self.h_affine is not None:  # the rest of h from its frontier, without grad
-                with torch.no_grad():
-                    z = self.h_affine.rest(*frontier)
-                z = z.requires_grad_(True)
-                out = self.slice.g(z)
-            elif self.in_slice_space:
-                z = points.requires_grad_(True)
-                out = self.slice.g(z, None if self.slice.is_split else rows.take(chunk.x))
+        with _Fitting(self.query, chunk.x) if self.first_batch else contextlib.nullcontext():  # the model's forward pass
+            if self.affine is not None:  # gradients at g's frontier (pulled back in _finish)
+                wrt = [u.requires_grad_(True) for u in frontier]
+                out = self.affine.rest(*wrt)
             else:
-                z, out = self.slice.forward_cut(points)
-            if self.cut_layer is not None:
-                self.activations[self.cut_layer] = z
-            wrt = [z]
+                if self.h_affine is not None:  # the rest of h from its frontier, without grad
+                    with torch.no_grad():
+                        z = self.h_affine.rest(*frontier)
+                    z = z.requires_grad_(True)
+                    out = self.slice.g(z)
+                elif self.in_slice_space:
+                    z = points.requires_grad_(True)
+                    out = self.slice.g(z, None if self.slice.is_split else rows.take(chunk.x))
+                else:
+                    z, out = self.slice.forward_cut(points)
+                if self.cut_layer is not None:
+                    self.activations[self.cut_layer] = z
+                wrt = [z]
         self.recorder.check()
         anchor_output = None if chunk.anchor_output is None else _index_output(chunk.anchor_output, rows.anchor)
         context = QoIContext(self.activations, anchor_output)

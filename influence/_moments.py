@@ -175,6 +175,14 @@ class ChunkAccumulator:
         return AnchorEstimates(mean, var, channel_var)
 
 
+def completeness_gap(total: Tensor, change: Tensor) -> Tensor:
+    """``|Σ attribution − Δq| / |Δq|`` elementwise: how far an attribution along a line is
+    from the change of the quantity along it (``0/0`` is 0, ``x/0`` is ``inf``; NaN for
+    an anchor skipped for non-finite values)."""
+    gap = (total - change).abs()
+    return torch.where(change != 0, gap / change.abs(), torch.where(gap == 0, 0.0, float("inf")).to(gap))
+
+
 def _zeros_like(t: Tensor) -> Tensor:
     """Zero standard errors as a broadcast view (stride 0): no memory for a DoI without
     sampling error."""
@@ -192,8 +200,9 @@ class PerPointResults:
         self.var: Tensor | None = None
         self.channel_var: Tensor | None = None
         self.skipped: Tensor | None = None
+        self.changes: Tensor | None = None  # (count,) Δq along each anchor's line, when tracked
 
-    def ensure(self, unit: tuple[int, ...], device: torch.device, groups: int) -> None:
+    def ensure(self, unit: tuple[int, ...], device: torch.device, groups: int, changes: bool = False) -> None:
         """Allocate the results (zeros) if no chunk did: a process with no anchors of its
         own still takes part in gathering them."""
         if self.mean is None:
@@ -204,6 +213,8 @@ class PerPointResults:
                     self.channel_var = torch.zeros((self.count, unit[0]), dtype=torch.float64, device=device)
         if self.track_skipped and self.skipped is None:
             self.skipped = torch.zeros(self.count, dtype=torch.bool, device=self.mean.device)
+        if changes and self.changes is None:
+            self.changes = torch.zeros(self.count, dtype=torch.float64, device=self.mean.device)
 
     def view(self, offset: int, n: int, like: Tensor) -> Tensor:
         """Where anchors ``offset..offset+n`` go (for a :class:`ChunkAccumulator` to sum
@@ -212,8 +223,12 @@ class PerPointResults:
             self.mean = torch.empty((self.count, *like.shape[1:]), dtype=torch.float64, device=like.device)
         return self.mean[offset : offset + n]
 
-    def add(self, offset: int, est: AnchorEstimates, keep: Tensor | None = None) -> None:
+    def add(self, offset: int, est: AnchorEstimates, keep: Tensor | None = None, changes: Tensor | None = None) -> None:
         n = est.mean.shape[0]
+        if changes is not None:
+            if self.changes is None:
+                self.changes = changes.new_zeros(self.count)
+            self.changes[offset : offset + n] = changes
         if self.mean is None:
             self.mean = est.mean.new_empty((self.count, *est.mean.shape[1:]))
         if self.var is None and est.var is not None:
@@ -244,7 +259,15 @@ class PerPointResults:
         self.channel_var = None if self.channel_var is None else rows(self.channel_var)
         if self.skipped is not None:
             self.skipped = rows(self.skipped.to(torch.uint8)).bool()
+        if self.changes is not None:
+            self.changes = rows(self.changes)
         self.count = self.mean.shape[0]
+
+    def completeness(self) -> Tensor | None:
+        """``(count,)``: each anchor's relative completeness gap (see :func:`completeness_gap`)."""
+        if self.changes is None or self.mean is None:
+            return None
+        return completeness_gap(self.mean.reshape(self.count, -1).sum(1), self.changes)
 
     def result(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(mean, stderr, channel stderr)``; zero standard errors without groups (NaN
@@ -287,12 +310,16 @@ class PopulationMoments:
         self.count = 0
         self.skipped = 0
         self.single: AnchorEstimates | None = None
+        self.change: Tensor | None = None  # Σ_i Δq_i over the kept anchors, when tracked
 
-    def add(self, offset: int, est: AnchorEstimates, keep: Tensor | None = None) -> None:
+    def add(self, offset: int, est: AnchorEstimates, keep: Tensor | None = None, changes: Tensor | None = None) -> None:
         if keep is not None:
             index = keep.nonzero().squeeze(1)
             self.skipped += est.mean.shape[0] - index.shape[0]
             est = est.select(index)
+            changes = None if changes is None else changes[index]
+        if changes is not None:
+            self.change = changes.sum() if self.change is None else self.change + changes.sum()
         n = est.mean.shape[0]
         if n == 0:
             return
@@ -315,6 +342,7 @@ class PopulationMoments:
         return {
             "count": self.count, "skipped": self.skipped, "sums": [s.cpu() for s in self.sums],
             "shifts": [s.cpu() for s in self.shifts], "single": single,
+            "change": None if self.change is None else self.change.cpu(),
         }  # fmt: skip
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -331,6 +359,8 @@ class PopulationMoments:
         self.count, self.skipped = int(state["count"]), int(state["skipped"])
         single = state["single"]
         self.single = None if single is None else AnchorEstimates(*(None if t is None else t.to(device) for t in single))
+        change = state.get("change")
+        self.change = None if change is None else change.to(device)
 
     def reduce(self, all_reduce_sum: Callable[[Tensor], Tensor]) -> "PopulationMoments":
         """The moments summed over processes (``all_reduce_sum`` sums a tensor over all
@@ -339,10 +369,11 @@ class PopulationMoments:
         sums to it: with ``e = s − c``, ``Σ(m − c) = Σd + n e`` and
         ``Σ(m − c)² = Σd² + 2 e Σd + n e²``."""
         n = float(self.count)
-        head = torch.tensor([self.count, self.skipped], dtype=torch.float64, device=self.sums[0].device)
+        change = 0.0 if self.change is None else float(self.change)
+        head = torch.tensor([self.count, self.skipped, change], dtype=torch.float64, device=self.sums[0].device)
         flat = all_reduce_sum(torch.cat([head, *((n * s).flatten() for s in self.shifts)]))
-        count, skipped = int(flat[0]), int(flat[1])
-        common = [c / max(count, 1) for c in _unflatten(flat[2:], self.shifts)]
+        count, skipped, flat_change = int(flat[0]), int(flat[1]), flat[2]
+        common = [c / max(count, 1) for c in _unflatten(flat[3:], self.shifts)]
         moved: list[Tensor] = []
         for i, (shift, c) in enumerate(zip(self.shifts, common)):
             e, s1, s2 = shift - c, self.sums[2 * i], self.sums[2 * i + 1]
@@ -356,12 +387,21 @@ class PopulationMoments:
         pieces = _unflatten(flat, [*moved, *own])
         out = PopulationMoments.__new__(PopulationMoments)
         out.count, out.skipped = count, skipped
+        out.change = None if self.change is None else flat_change
         out.sums, out.shifts = pieces[: len(moved)], common
         var = pieces[len(moved) :]
         out.single = None
         if count == 1:
             out.single = AnchorEstimates((common[0] + out.sums[0])[None], var[0][None], var[1][None] if len(var) > 1 else None)
         return out
+
+    def completeness(self) -> Tensor | None:
+        """The relative completeness gap of the pooled attribution: its sum against the
+        mean ``Δq`` of the anchors, a 0-d tensor (see :func:`completeness_gap`)."""
+        if self.change is None or self.count == 0:
+            return None
+        mean = self.result()[0]
+        return completeness_gap(mean.sum(), self.change / self.count)
 
     def result(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(mean, stderr, channel stderr)``. With one anchor, the standard error is

@@ -41,6 +41,15 @@ class InfluenceResult:
         channel_stderr: standard errors of channel sums (``values`` summed over all
             unit dimensions but the first), ``(N, C)`` or ``(C,)``; ``None`` for 1-D
             units.
+        completeness: for an attribution along a line (a ``LineDoI`` with
+            ``multiply_activation=True``), the relative completeness gap
+            ``|Σ values − Δq| / |Δq|`` with ``Δq = q(end) − q(start)`` of the line,
+            from two separate forward passes: ``(N,)`` per anchor, or 0-d for a pooled
+            result (its sum against the anchors' mean ``Δq``). It measures the
+            quadrature error (and float rounding: see README "Performance") when the
+            line lives at the cut (integrated gradients at the input, a slice-space
+            line); for an input-space line at an inner cut it also holds what ``h``'s
+            nonlinearity adds. ``None`` for other DoIs.
     """
 
     values: Tensor
@@ -50,6 +59,7 @@ class InfluenceResult:
     pooled: bool
     query: dict[str, Any] = field(default_factory=dict)
     channel_stderr: Tensor | None = None
+    completeness: Tensor | None = None
 
     @property
     def unit_shape(self) -> tuple[int, ...]:
@@ -125,6 +135,7 @@ class InfluenceResult:
             "anchors": self.anchors,
             "pooled": self.pooled,
             "query": self.query,
+            "completeness": self.completeness,
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
@@ -144,6 +155,7 @@ class InfluenceResult:
             pooled=payload["pooled"],
             query=payload["query"],
             channel_stderr=payload["channel_stderr"],
+            completeness=payload.get("completeness"),
         )
 
     def __repr__(self) -> str:

@@ -164,11 +164,12 @@ def _queries(rng: torch.Generator) -> dict[str, Callable[..., Any]]:
 
 
 @pytest.mark.parametrize("name", ["noise-two-qois", "class-line-conv"])
-@pytest.mark.parametrize("after", [3, 5])
+@pytest.mark.parametrize("after", [5, 9])
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, rng: torch.Generator, small_chunks: None, name: str, after: int) -> None:
-    """Ctrl-C (KeyboardInterrupt from the QoI after ``after`` batches) saves the
-    checkpoint; the rerun resumes after its ``P`` points and equals the uninterrupted
-    run exactly (values, standard errors, channel standard errors, counts)."""
+    """Ctrl-C (KeyboardInterrupt from the QoI after ``after`` calls: batches, and for the
+    line the two ends' passes of each chunk) saves the checkpoint; the rerun resumes
+    after its ``P`` points and equals the uninterrupted run exactly (values, standard
+    errors, channel standard errors, counts, completeness)."""
     run = _queries(rng)[name]
     ckpt = tmp_path / "q.ckpt"
     want = run()
@@ -181,6 +182,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path, rng: torch
         assert (g.channel_stderr is None) == (w.channel_stderr is None)
         assert g.channel_stderr is None or torch.equal(g.channel_stderr, w.channel_stderr)
         assert (g.anchors, g.samples) == (w.anchors, w.samples)
+        assert (g.completeness is None) == (w.completeness is None) == (name != "class-line-conv")
+        assert g.completeness is None or torch.equal(g.completeness, w.completeness)
         assert g.query["checkpoint"] == str(ckpt)
 
 
@@ -315,7 +318,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, rng: torch.
     run = _queries(rng)["class-line-conv"]
     want = run()
     path = tmp_path / "q.ckpt"
-    _interrupt_after(2, lambda: run(checkpoint=path, checkpoint_every=3600))
+    _interrupt_after(5, lambda: run(checkpoint=path, checkpoint_every=3600))
     before = path.read_bytes()
     real_replace = os.replace
 

@@ -695,6 +695,9 @@ OPTION_KEYS = (
     Key("channels_last", Maybe(Bool()), None, "4-D batches in channels-last layout (null: on CPU for conv models, with fallback)"),
     Key("affine_prefix", Bool(), True, "lines: run the affine layers after the line's space once per point, not per sample (exact)"),
     Key("nonfinite", Choice(("raise", "skip")), "raise", "NaN/inf QoI values or gradients: raise naming the point, or skip the point"),
+    Key("tf32", Maybe(Bool()), None, "CUDA: let float32 convolutions and matmuls use TF32 (null: PyTorch's settings)"),
+    Key("autocast", Maybe(Choice(("bfloat16",))), None, "fast mode: per-sample passes under bfloat16 autocast, the cut and sums in full precision"),
+    Key("compile", Bool(), False, "run g through torch.compile (split slices only)"),
 )
 
 
@@ -1570,6 +1573,7 @@ class _QueryBuilder(_Builder):
         if options["device"] is not None:
             _check_device(options["device"], _join(path, "device"))
         options["dtype"] = _dtype(options["dtype"])
+        options["autocast"] = _dtype(options["autocast"])
         # the slice
         layer = spec.slice["layer"]
         if layer is not None and session.is_script:

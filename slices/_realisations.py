@@ -40,8 +40,11 @@ def _check_tensor(t: Any, cut: Cut) -> Tensor:
     return t
 
 
-def _as_leaf(t: Any, cut: Cut) -> Tensor:
-    return _check_tensor(t, cut).detach().requires_grad_(True)
+def _as_leaf(t: Any, cut: Cut, dtype: torch.dtype | None = None) -> Tensor:
+    """``t`` detached from ``h`` as a leaf that requires grad (in ``dtype`` if given: the
+    cut stays in the query's precision under autocast)."""
+    t = _check_tensor(t, cut).detach()
+    return (t if dtype is None else t.to(dtype)).requires_grad_(True)
 
 
 def _writes_into_leaf(error: RuntimeError) -> bool:
@@ -89,10 +92,10 @@ class _ModuleSplit:
         # requires grad must not be written into, so g then gets a copy
         return self._guard(self._g, z)
 
-    def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
+    def forward_cut(self, x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Any]:
         with torch.no_grad():
             z = self._h(x)
-        z = _as_leaf(z, self._cut)
+        z = _as_leaf(z, self._cut, dtype)
         return z, self.g(z)
 
 
@@ -290,11 +293,11 @@ class HookSplit:
 
         return self._run(x, substitute)[1]
 
-    def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
+    def forward_cut(self, x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Any]:
         leaf: list[Tensor] = []
 
         def detach(value: Any) -> Tensor:
-            leaf.append(_as_leaf(value, self._cut))
+            leaf.append(_as_leaf(value, self._cut, dtype))
             return leaf[0].clone()  # a leaf that requires grad cannot be written into in place
 
         out = self._run(x, detach)[1]
@@ -316,7 +319,7 @@ class FunctionSplit:
     def g(self, z: Tensor, x: Tensor | None = None) -> Any:
         return self._guard(self._g, z)
 
-    def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
+    def forward_cut(self, x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Any]:
         if self._h is None:
             z = x.detach()
         else:
@@ -324,5 +327,5 @@ class FunctionSplit:
                 z = self._h(x)
             if not isinstance(z, Tensor):
                 raise TypeError(f"Slice: h returned a {type(z).__name__}, expected a tensor")
-        z = z.detach().requires_grad_(True)
+        z = (z.detach() if dtype is None else z.detach().to(dtype)).requires_grad_(True)
         return z, self.g(z)

@@ -116,11 +116,11 @@ class Slice:
         ``x`` (the inputs ``z`` came from) is needed only when ``is_split`` is False."""
         return self._impl.g(z, x)
 
-    def forward_cut(self, x: Tensor) -> tuple[Tensor, Any]:
+    def forward_cut(self, x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Any]:
         """One forward pass of ``f`` on ``x`` returning ``(z, output)`` where ``z = h(x)``
-        is a fresh leaf tensor that requires grad, so gradients of the output stop at
-        the cut and no graph is kept for ``h``."""
-        return self._impl.forward_cut(x)
+        is a fresh leaf tensor that requires grad (in ``dtype`` when given), so gradients
+        of the output stop at the cut and no graph is kept for ``h``."""
+        return self._impl.forward_cut(x, dtype)
 
     def g_affine_prefix(self, z: Tensor) -> AffinePrefix | None:
         """``g = rest ∘ prefix`` with ``prefix`` the affine layers right after the cut (see

@@ -297,6 +297,20 @@ def test_affine_prefix_and_nonfinite_options(folder: Path, model: torch.nn.Modul
         run_yaml(document(query), folder)
 
 
+def test_precision_options(folder: Path, model: torch.nn.Module, data: dict[str, torch.Tensor]) -> None:
+    """``tf32``, ``autocast`` and ``compile`` reach the engine and its record."""
+    query = {"doi": {"kind": "line", "steps": 4}, "qoi": {"kind": "class", "label": 1}, "inputs": {"limit": 2}, "tf32": False, "autocast": "bfloat16"}
+    (got,) = run_yaml(document(query), folder)
+    want = input_influence(model, ClassQoI(1), LineDoI(steps=4), data["x"][:2], seed=0, tf32=False, autocast=torch.bfloat16)
+    assert got.query["autocast"] == "bfloat16" and torch.equal(got.values, want.values)
+    query["autocast"] = "float16"
+    with pytest.raises(QueryError, match=r"queries\[0\]\.autocast: must be null or one of 'bfloat16'"):
+        run_yaml(document(query), folder)
+    query.update(autocast=None, tf32="no")
+    with pytest.raises(QueryError, match=r"queries\[0\]\.tf32"):
+        run_yaml(document(query), folder)
+
+
 def test_output_selector_on_a_dict_model(folder: Path, helpers: Any, data: dict[str, torch.Tensor]) -> None:
     """``output: b`` (a key) and ``output: {callable: ...}`` pick a head of a model that
     returns a dict, like ``ClassQoI(c, output="b")``."""
@@ -349,7 +363,7 @@ def test_data_factory_and_defaults(tmp_path: Path) -> None:
     qfile = parse_query(doc, tmp_path)
     assert qfile.queries[0].options == {
         "batch_size": "auto", "seed": 11, "multiply_activation": True, "dtype": None, "device": None, "channels_last": None,
-        "affine_prefix": True, "nonfinite": "raise",
+        "affine_prefix": True, "nonfinite": "raise", "tf32": None, "autocast": None, "compile": False,
     }
     (got,) = qfile.prepare().build(0).run()
     assert got.anchors == 3 and got.query["multiply_activation"] is True

@@ -322,6 +322,76 @@ def quadrature_table(device: torch.device) -> None:
     print("steps needed for error ≤ 1e-3: " + ", ".join(f"{r}: {first_below[r]}" for r in rules))
 
 
+def fixed_cost_table(device: torch.device, reps: int) -> None:
+    """The fixed cost of one call: saliency on 64 points of a small MLP (16→64→64→10), where
+    a batch is a fraction of a millisecond of work, against the bare forward/backward and
+    Captum's ``Saliency``; medians of interleaved calls in a rotated order."""
+    from captum.attr import Saliency
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(64, 16, device=device)
+
+    def bare() -> Tensor:
+        points = x.clone().requires_grad_(True)
+        return torch.autograd.grad(model(points)[:, 3].sum(), points)[0]
+
+    fns = {
+        "ours": lambda: input_influence(model, ClassQoI(3), PointDoI(), x, batch_size=64),
+        "bare": bare,
+        "captum": lambda: Saliency(model).attribute(x.clone().requires_grad_(True), target=3, abs=False),
+    }
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    keys = list(fns)
+    for fn in fns.values():  # warm-up
+        for _ in range(20):
+            fn()
+    for rep in range(reps):
+        for key in keys[rep % 3 :] + keys[: rep % 3]:
+            times[key].append(_timed(fns[key], device))
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    print(f"\nFixed cost per call: saliency on 64 points of a 16→64→64→10 MLP ({reps} interleaved calls each, medians):")
+    print("| ours ms | bare ms | ours − bare ms | Captum ms |\n|---|---|---|---|")
+    print(f"| {med['ours']:.3f} | {med['bare']:.3f} | {med['ours'] - med['bare']:.3f} | {med['captum']:.3f} |")
+
+
+def fast_mode_table(device: torch.device, reps: int, compile_too: bool, anchors: int, steps: int) -> None:
+    """The fast mode against the default float32 query on the benchmark CNN: integrated
+    gradients at the input and a slice-space line at ``stage2``, ``autocast=bfloat16``
+    (and ``compile``); speed, the error against float64 (``max |·−ref| / max |ref|``) and
+    the median completeness gap that the result reports."""
+    torch.manual_seed(0)
+    model = resnet().to(device)
+    model64 = copy.deepcopy(model).double()
+    x = torch.randn(anchors, 3, 32, 32, device=device)
+    with torch.no_grad():
+        zero_h = Slice(model, "stage2").h(torch.zeros_like(x[:1]))
+    variants: dict[str, dict[str, Any]] = {"float32": {}, "bf16 autocast": {"autocast": torch.bfloat16}}
+    if device.type == "cuda":
+        variants["float32, tf32 off"] = {"tf32": False}
+        variants["float32, tf32 on"] = {"tf32": True}
+    if compile_too:
+        variants["bf16 autocast + compile"] = {"autocast": torch.bfloat16, "compile": True}
+    cases = {
+        "integrated gradients (input)": (lambda m: Slice(m, None), lambda z: LineDoI(steps=steps)),
+        "slice-space line at 'stage2'": (lambda m: Slice(m, "stage2"), lambda z: LineDoI(z, steps=steps, space="slice")),
+    }
+    print(f"\nPrecision on the residual CNN, {anchors} anchors × {steps} steps, batch 64 (medians):")
+    print("| case | precision | ms | speed vs float32 | err vs float64 | median completeness gap |\n|---|---|---|---|---|---|")
+    for name, (make_slice, make_doi) in cases.items():
+        reference = internal_influence(make_slice(model64), ClassQoI(3), make_doi(zero_h.double()), x.double(), multiply_activation=True, batch_size=64)
+        timed: dict[str, float] = {}
+        for label, options in variants.items():
+            run = lambda: internal_influence(make_slice(model), ClassQoI(3), make_doi(zero_h), x, multiply_activation=True, batch_size=64, **options)  # noqa: E731
+            result = run()  # warm-up (and compilation)
+            timed[label] = statistics.median(_timed(run, device) for _ in range(reps))
+            err = disagreement(result, reference)
+            gap = float(result.completeness.median()) if result.completeness is not None else float("nan")
+            print(f"| {name} | {label} | {timed[label] * 1e3:.1f} | {timed['float32'] / timed[label]:.2f}× | {err:.1e} | {gap:.1e} |", flush=True)
+
+
 def _split(model: nn.Module) -> tuple[str, nn.Module, nn.Module]:
     """The cut of each benchmark model, and its two halves for the bare loops."""
     if isinstance(model, nn.Sequential):  # the MLP: after the second hidden layer
@@ -342,6 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", default="", help="only cases whose name contains one of these comma-separated words")
     parser.add_argument("--no-quadrature", action="store_true", help="skip the completeness-vs-steps table")
     parser.add_argument("--no-affine-prefix", action="store_true", help="run ours with affine_prefix=False (the engine's loop alone)")
+    parser.add_argument("--no-fixed-cost", action="store_true", help="skip the fixed-cost-per-call table")
+    parser.add_argument("--no-precision", action="store_true", help="skip the fast-mode (bf16 autocast) table")
+    parser.add_argument("--compile", action="store_true", help="also time the fast mode with torch.compile of g")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     device = torch.device(args.device)
@@ -376,6 +449,10 @@ def main(argv: list[str] | None = None) -> None:
         wanted = [w for w in args.cases.split(",") if w]
         keep = [i for i, c in enumerate(cases) if not wanted or any(w in c.name for w in wanted)]
         measure([cases[i] for i in keep], [exact[i] for i in keep], reps, device, not args.no_captum)
+    if not args.no_fixed_cost:
+        fixed_cost_table(device, 30 if args.tiny else 300)
+    if not args.no_precision and "resnet" in args.models.split(","):
+        fast_mode_table(device, reps, args.compile, anchors, args.steps)
     if not args.no_quadrature:
         quadrature_table(device)
 

@@ -15,7 +15,8 @@ def test_run_py_tiny_prints_every_case_and_the_quadrature_table() -> None:
         capture_output=True, text=True, timeout=600, check=True,
     )
     out = done.stdout
-    main, _, precision = out.partition("Precision on the residual CNN")
+    main, _, rest = out.partition("Fixed cost per call")
+    _, _, precision = rest.partition("Precision on the residual CNN")
     for case in ["integrated gradients (input)", "SmoothGrad", "saliency", "input-space line", "slice-space line", "ClassDoI over", "10 classes"]:
         assert main.count(case) == 2, f"{case!r} missing for one of the two models"
     assert "steps needed for error ≤ 1e-3" in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -26,6 +25,7 @@ class ModuleSurvey:
         self._placements: set[tuple[torch.device, torch.dtype | None]] = set()
         seen: set[int] = set()
         placements = self._placements
+        buffer_device = None
         for root in modules:
             for m in _walk(root, seen):
                 if m.training:
@@ -40,13 +40,14 @@ class ModuleSurvey:
                     floating = t.is_floating_point()
                     if self.dtype is None and floating:
                         self.dtype = t.dtype
+                    if self.device is None:
+                        self.device = t.device
                     placements.add((t.device, t.dtype if floating else None))
                 for t in m._buffers.values():
                     if t is not None:
+                        buffer_device = buffer_device or t.device
                         placements.add((t.device, t.dtype if t.is_floating_point() else None))
-        if placements:
-            first = next(itertools.chain(*(r.parameters() for r in modules), *(r.buffers() for r in modules)), None)
-            self.device = None if first is None else first.device
+        self.device = self.device or buffer_device  # the first parameter's, else the first buffer's
 
     def all_on(self, device: torch.device, dtype: torch.dtype) -> bool:
         """Is every parameter and buffer on ``device``, every floating one in ``dtype``?"""
@@ -54,7 +55,8 @@ class ModuleSurvey:
 
 
 def _walk(root: nn.Module, seen: set[int]) -> Iterator[nn.Module]:
-    """``root`` and its submodules, each once (also across calls sharing ``seen``)."""
+    """``root`` and its submodules, each once (also across calls sharing ``seen``), in
+    the order of ``named_modules``."""
     stack = [root]
     while stack:
         m = stack.pop()
@@ -62,7 +64,7 @@ def _walk(root: nn.Module, seen: set[int]) -> Iterator[nn.Module]:
             continue
         seen.add(id(m))
         yield m
-        stack.extend(c for c in m._modules.values() if c is not None)
+        stack.extend(reversed([c for c in m._modules.values() if c is not None]))
 
 
 @contextmanager

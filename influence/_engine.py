@@ -447,6 +447,7 @@ class _Integrator:
         cut = self.slice.cut
         self.cut_layer = cut.layer if cut is not None and cut.at == "output" and cut.layer in self.layers else None
         self.first_batch = True
+        self.copy_inputs = False  # set by _probe: does h write into its input?
         # an attribution along a line: its sum is checked against q(end) − q(start)
         self.track_completeness = query.multiply and isinstance(self.each, LineDoI)
         auto = query.channels_last is None and query.device.type == "cpu" and query.survey.has_conv
@@ -598,9 +599,13 @@ class _Integrator:
         """The chunk size for inputs like ``first``, and the shape of one unit (``h`` runs
         on one point). Finds the affine prefix to use, if any, and sets up the
         accumulators: one per QoI and differentiated tensor (the cut, or the frontier)."""
-        x = first[:1].to(device=self.query.device, dtype=self.query.dtype)
+        x = first[:1].to(device=self.query.device, dtype=self.query.dtype).clone()  # ours: h may write into it
+        version = x._version
         with torch.no_grad(), _Fitting(self.query, x):
             z = x if self.slice.is_input else self.slice.h(x)
+        # h writes into its input (``x.relu_()``, a first ``ReLU(inplace=True)``): from now on
+        # it only gets copies, never the caller's points or the chunk's anchors
+        self.copy_inputs = x._version != version
         unit = tuple(z.shape[1:])
         each = self.each
         if self.query.affine_prefix and each.affine_equivariant and each.samples > 1 and each.groups == 1:
@@ -765,10 +770,10 @@ class _Integrator:
                     p = points[i : i + b].contiguous()  # the default layout: every model takes it
                     self.recorder.clear()
                     if self.in_slice_space:
-                        z, out = p, self.slice.g(p, None if self.slice.is_split else chunk.x[i : i + b])
+                        z, out = p, self.slice.g(p, None if self.slice.is_split else self._own(chunk.x[i : i + b]))
                     else:
-                        z = p if self.slice.is_input else self.slice.h(p)
-                        out = self.slice.g(z, p)
+                        z = p if self.slice.is_input else self.slice.h(self._own(p))
+                        out = self.slice.g(z, self._own(p))
                     self.recorder.check()
                     if self.cut_layer is not None:
                         self.activations[self.cut_layer] = z
@@ -889,11 +894,12 @@ class _Integrator:
         slc, b = self.slice, self.batch_size
         ids = torch.arange(first_id, first_id + x.shape[0], device=x.device)
         with torch.no_grad():
-            anchors = no_grad_batched(slc.h, x, b) if self.in_slice_space else x
+            h = (lambda v: slc.h(v.clone())) if self.copy_inputs else slc.h
+            anchors = no_grad_batched(h, x, b) if self.in_slice_space else x
             reference = self.each.reference(anchors, ids)
-            delta = _delta(self.query, slc, x, anchors, reference, self.in_slice_space) if self.query.multiply else None
+            delta = _delta(h, b, x, anchors, reference, self.in_slice_space) if self.query.multiply else None
             needs_output = any(q.needs_anchor_output for q in self.query.qois)
-            anchor_output = no_grad_batched(lambda v: slc.g(slc.h(v), v), x, b) if needs_output else None
+            anchor_output = no_grad_batched(lambda v: slc.g(h(v), self._own(v)), x, b) if needs_output else None
             prefix = self.affine or self.h_affine
             frontier = [] if prefix is None else _line_ends(prefix, anchors, reference, b)
         n = x.shape[0]
@@ -948,6 +954,11 @@ class _Integrator:
             self.value_total.add_(totals[0] if len(totals) == 1 else torch.stack(totals))  # checked per chunk
             start = stop
 
+    def _own(self, x: Tensor) -> Tensor:
+        """``x`` for the model to run on: a copy when the model writes into its input (the
+        caller's points and the chunk's anchors must stay as they are)."""
+        return x.clone() if self.copy_inputs else x
+
     def _rows(self, chunk: _Chunk, start: int, stop: int) -> Rows:
         """Rows ``start..stop`` of the chunk, their anchors and sample indices sliced from
         tables made once (``r // S`` and ``r % S`` for every row of a chunk)."""
@@ -986,14 +997,14 @@ class _Integrator:
                     out = self.g(z)
                 elif self.in_slice_space:
                     z = points.requires_grad_(True)
-                    out = self.g(z, None if self.slice.is_split else rows.take(chunk.x))
+                    out = self.g(z, None if self.slice.is_split else self._own(rows.take(chunk.x)))
                 elif self.query.compile:  # h as usual, then the compiled g
                     with torch.no_grad():
-                        z = self.slice.h(points)
+                        z = self.slice.h(self._own(points))
                     z = (z if self.leaf_dtype is None else z.to(self.leaf_dtype)).requires_grad_(True)
                     out = self.g(z)
                 else:
-                    z, out = self.slice.forward_cut(points, self.leaf_dtype)
+                    z, out = self.slice.forward_cut(self._own(points), self.leaf_dtype)
                 if self.cut_layer is not None:
                     self.activations[self.cut_layer] = z
                 wrt = [z]
@@ -1093,15 +1104,15 @@ def _skip(parts: Iterator[Tensor], count: int, tail: list[Any]) -> Iterator[Tens
         raise ValueError(f"checkpoint: the data has {seen} points, fewer than the {count} the checkpoint has done; is it the same data?")
 
 
-def _delta(query: _Query, slc: Slice, x: Tensor, anchors: Tensor, reference: Tensor | None, space_is_slice: bool) -> Tensor:
+def _delta(h: Any, batch_size: int, x: Tensor, anchors: Tensor, reference: Tensor | None, space_is_slice: bool) -> Tensor:
     """``h(x) − h(b)`` per anchor (``h(x)`` when the DoI has no reference), float64."""
     if space_is_slice:
         delta = anchors if reference is None else anchors - reference
     else:
-        hx = no_grad_batched(slc.h, x, query.batch_size)
+        hx = no_grad_batched(h, x, batch_size)
         if reference is not None and reference.stride(0) == 0:  # one baseline for all anchors
             reference = reference[:1].contiguous()
-        delta = hx if reference is None else hx - no_grad_batched(slc.h, reference, query.batch_size)
+        delta = hx if reference is None else hx - no_grad_batched(h, reference, batch_size)
     return delta.double()
 
 

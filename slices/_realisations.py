@@ -54,17 +54,19 @@ def _writes_into_leaf(error: RuntimeError) -> bool:
 
 
 class _LeafGuard:
-    """Calls ``g`` on ``z``, a leaf that requires grad. A model may write into its input
-    in place (``x.relu_()`` first thing in a block), which autograd refuses for a leaf;
-    ``g`` then gets a copy of ``z`` (the gradient through ``clone`` is the identity), from
-    that call on. ``copy`` starts ``True`` where the write can be seen without running."""
+    """Calls ``g`` on ``z`` so that ``g`` never writes into the caller's ``z``. A model may
+    write into its input in place (``x.relu_()`` first thing in a block): autograd
+    refuses that for a leaf that requires grad, and ``g`` then gets a copy of ``z`` (the
+    gradient through ``clone`` is the identity), from that call on; ``copy`` starts
+    ``True`` where the write can be seen without running. A ``z`` that does not require
+    grad (a call without gradients) is always copied: nothing would stop the write."""
 
     def __init__(self, copy: bool = False) -> None:
         self.copy = copy
 
     def __call__(self, g: Callable[[Tensor], Any], z: Tensor) -> Any:
         if self.copy or not z.requires_grad:
-            return g(z.clone() if self.copy else z)
+            return g(z.clone())
         try:
             return g(z)
         except RuntimeError as e:
@@ -171,7 +173,11 @@ class GraphSplit(_ModuleSplit):
         if cut.at == "input":
             if not node.args or not isinstance(node.args[0], fx.Node):
                 return None
-            node = node.args[0]
+            order = {n: i for i, n in enumerate(graph.nodes)}
+            value, call = node.args[0], node
+            if any(mutates(model, u) and order[u] < order[call] for u in value.users):
+                return None  # written in place before the layer reads it: the node is not the layer's input
+            node = value
         parts = _partition(model, graph, node)
         if parts is None:
             return None

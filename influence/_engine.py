@@ -267,7 +267,8 @@ def internal_influence(
         doi: a pointwise DoI (``PointDoI``, ``LineDoI``, ``NoiseDoI``), explaining each
             of ``inputs``; or a population DoI (``ClassDoI``, ``DatasetDoI``) with
             ``inputs=None``.
-        inputs: ``(N, *input_shape)`` points for a pointwise DoI.
+        inputs: ``(N, *input_shape)`` points for a pointwise DoI; a tensor of shape
+            ``(N,)`` is ``N`` scalar points (Captum's convention).
         batch_size: sample rows per forward/backward pass. ``"auto"``: 64 on the CPU
             (near the best throughput for small and mid-sized models there); on CUDA,
             start at 4096 rows and halve on out-of-memory until a batch fits (the largest

@@ -395,6 +395,48 @@ def _concat(parts: list[Any]) -> Any:
     return first
 
 
+class _Ahead:
+    """An iterator that can read its next item early: :meth:`fetch` is called once a
+    chunk's work is queued on the device and before the host waits for it (the non-finite
+    check), so that reading the next chunk (a ``DataLoader``, a ``Dataset``, a copy
+    into pinned memory for CUDA) overlaps the device's work instead of following it."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], device: torch.device) -> None:
+        self.items, self.pin = iter(items), device.type == "cuda"
+        self.early: Any = None
+
+    def __iter__(self) -> "_Ahead":
+        return self
+
+    def __next__(self) -> Any:
+        if self.early is not None:
+            item, self.early = self.early, None
+        else:
+            item = next(self.items, self._END)
+        if item is self._END:
+            raise StopIteration
+        return item
+
+    def fetch(self) -> None:
+        if self.early is None:
+            item = next(self.items, self._END)
+            if self.pin and item is not self._END:
+                item = _pinned(item)
+            self.early = item
+
+
+def _pinned(item: Any) -> Any:
+    """CPU tensors in ``item`` (a tensor, or a tuple of ints and tensors) in pinned memory,
+    so that their copy to the GPU runs without holding up the host."""
+    if isinstance(item, Tensor):
+        return item.pin_memory() if item.device.type == "cpu" else item
+    if isinstance(item, tuple):
+        return tuple(_pinned(i) for i in item)
+    return item
+
+
 class _Fitting:
     """Until the model has run once, an error of torch's in the model's forward pass (a
     shape that does not fit a layer, a wrong dtype) is the data's fault: it is raised as
@@ -449,6 +491,7 @@ class _Integrator:
         self.cut_layer = cut.layer if cut is not None and cut.at == "output" and cut.layer in self.layers else None
         self.first_batch = True
         self.copy_inputs = False  # set by _probe: does h write into its input?
+        self.ahead: _Ahead | None = None  # the chunks, read one ahead
         # an attribution along a line: its sum is checked against q(end) − q(start)
         self.track_completeness = query.multiply and isinstance(self.each, LineDoI)
         auto = query.channels_last is None and query.device.type == "cpu" and query.survey.has_conv
@@ -486,8 +529,8 @@ class _Integrator:
         self._agree(chunk_size)
         self.sinks = [PerPointResults(hi - lo, self.skip) for _ in query.qois]
         failure: Exception | None = None
-        for start in range(lo, hi, chunk_size):
-            x = inputs[start : min(hi, start + chunk_size)]
+        self.ahead = _Ahead(((start, inputs[start : min(hi, start + chunk_size)]) for start in range(lo, hi, chunk_size)), query.device)
+        for start, x in self.ahead:
             try:
                 estimates, keep, gaps = self._chunk(x, start, start - lo)
             except Exception as e:
@@ -536,8 +579,9 @@ class _Integrator:
         last: Tensor | int | None = None  # the last chunk consumed by this run (raw, as read)
         clean = True  # the sinks, `position` and `last` agree (not in the middle of an update)
         failure: Exception | None = None  # distributed: this process's error, raised by all at the end
+        self.ahead = _Ahead(chunks, query.device)
         try:
-            for index, raw in enumerate(chunks):
+            for index, raw in enumerate(self.ahead):
                 size = raw if isinstance(raw, int) else raw.shape[0]
                 if failure is None and (group is None or group.owns(index)):
                     assert isinstance(raw, Tensor)
@@ -727,12 +771,14 @@ class _Integrator:
         per-point results): their estimates per QoI, which anchors to keep (``None``:
         all) after the non-finite check, and per QoI the change ``Δq`` along each
         anchor's line (``None`` unless completeness is tracked)."""
-        x = x.to(device=self.query.device, dtype=self.query.dtype)
+        x = x.to(device=self.query.device, dtype=self.query.dtype, non_blocking=True)  # pinned by _Ahead on CUDA
         with _Fitting(self.query, x) if self.first_batch else contextlib.nullcontext():
             chunk = self._prepare(x.clone() if x.is_inference() else x, first_id, local)
         self._integrate(chunk)
         estimates = [self._finish(accs, chunk) for accs in self.accumulators]
         gaps: list[Tensor | None] = list(self._line_changes(chunk).unbind(1)) if self.track_completeness else [None] * len(estimates)
+        if self.ahead is not None:
+            self.ahead.fetch()  # read the next chunk while the device works on this one
         return estimates, self._check_finite(chunk, estimates), gaps
 
     def _finish(self, accumulators: list[ChunkAccumulator], chunk: _Chunk) -> AnchorEstimates:

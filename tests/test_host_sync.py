@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
 
 from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI, PointDoI
 from influence import internal_influence
@@ -99,3 +100,34 @@ def test_population_syncs_do_not_grow_with_batches(each: Any, pooled: str) -> No
             internal_influence(Slice(model, "layer1"), ClassQoI(1), doi, batch_size=8, seed=0, channels_last=False)
         counts.append(c)
     assert counts[0] == counts[1], f"1 batch {dict(counts[0])}, 20 batches {dict(counts[1])}"
+
+
+def test_the_next_chunk_is_read_before_the_host_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host reads chunk ``i + 1`` (a DataLoader's batch, say) after queuing chunk
+    ``i``'s work and before it waits for the device (the per-chunk non-finite check), so
+    that on a GPU the reading overlaps the device's work. The result is unchanged."""
+    import influence._engine as engine
+
+    monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
+    log: list[str] = []
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(12, 6, generator=g), torch.zeros(12, dtype=torch.long)
+
+    class Logged(IterableDataset):
+        def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+            for i in range(3):
+                log.append(f"read {i}")
+                yield x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4]
+
+    check = engine._Integrator._check_finite
+
+    def logged_check(self: Any, *args: Any) -> Any:
+        log.append("check")
+        return check(self, *args)
+
+    monkeypatch.setattr(engine._Integrator, "_check_finite", logged_check)
+    model = mlp(in_features=6, hidden=8, classes=3, seed=0)
+    got = internal_influence(Slice(model, "2"), ClassQoI(1), DatasetDoI(DataLoader(Logged(), batch_size=None)), batch_size=4, seed=0)
+    assert log == ["read 0", "read 1", "check", "read 2", "check", "check"]
+    want = internal_influence(Slice(model, "2"), ClassQoI(1), DatasetDoI(x), batch_size=4, seed=0)
+    torch.testing.assert_close(got.values, want.values, rtol=1e-6, atol=1e-7)

@@ -30,7 +30,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
@@ -43,8 +43,9 @@ from slices import Slice
 
 F64 = torch.float64
 EXACT = tolerance(F64)
-# Completeness of a 32-node Gauss-Legendre rule on a smooth net: 1e-4 relative (the
-# observed error is ~1e-14); the absolute floor only matters when q(x) ≈ q(b).
+# Completeness of a Gauss-Legendre rule on a smooth net: 1e-4 relative (the observed error
+# is ~1e-14 when the rule has enough nodes for the line: see the smooth-MLP test); the
+# absolute floor only matters when q(x) ≈ q(b).
 COMPLETE = {"rtol": 1e-4, "atol": 1e-9}
 # Batch-size invariance: the same sums in a different order.
 BATCH = {"rtol": 1e-12, "atol": 1e-12}
@@ -153,7 +154,24 @@ def test_linear_network_internal_influence_is_product_of_downstream_weights(stac
 # ---------------------------------------------------------------------- 2. completeness
 
 
+# The Gauss-Legendre error on an analytic integrand falls like ρ^(-2n) in the number of nodes
+# n, where ρ - 1 is about the distance, in units of half the path, from the path to the
+# nearest complex singularity of the integrand. A tanh unit whose pre-activation changes by Δ
+# along the path has poles at Im α = π/(2Δ) (softplus: branch points at π/Δ); at scale 3 a
+# slice-space line from h(x) to a random z_b sweeps a unit by |Δ| up to ~14 (about 3 σ), so
+# ρ ≈ 1 + π/|Δ| ≈ 1.2 (observed: 32 more nodes cut the error 3e5-fold, ρ = 1.22) and 32 nodes
+# leave an error of ~1e-6 of the integrand's size. That is far below 1e-4 of the difference
+# of q at the two ends unless that difference is small by cancellation: in the pinned example
+# (layer "0", tanh, 9 units, Δ = -13.5 on one unit) it is -0.0119 for anchor 3 and the error
+# at 32 nodes is 7.4e-6, 6.2e-4 relative: a quadrature error, not a bug (1.8e-9 at 64 nodes,
+# 6e-14 at 128). 64 nodes square the factor (ρ^-128 ≈ 1e-11), which leaves seven orders of
+# magnitude for such cancellations at scales up to 3 and costs nothing on nets this small;
+# the tolerance and the input range stay as they are.
+COMPLETENESS_NODES = 64
+
+
 @FEW
+@example(d=1, hidden=9, classes=1, act=nn.Tanh, seed=460, scale=3.0, c=0, layer="0")  # 6.2e-4 at 32 nodes: above
 @given(
     d=st.integers(1, 7),
     hidden=st.integers(1, 12),
@@ -161,29 +179,30 @@ def test_linear_network_internal_influence_is_product_of_downstream_weights(stac
     act=st.sampled_from([nn.Softplus, nn.Tanh]),
     seed=seeds,
     scale=st.floats(0.1, 3.0),
-    data=st.data(),
+    c=st.integers(0, 3),
+    layer=st.sampled_from(["0", "1", "2", "3"]),
 )
 def test_completeness_smooth_mlp_input_and_slice(
-    d: int, hidden: int, classes: int, act: type[nn.Module], seed: int, scale: float, data: st.DataObject
+    d: int, hidden: int, classes: int, act: type[nn.Module], seed: int, scale: float, c: int, layer: str
 ) -> None:
-    """Integrated gradients with 32 Gauss–Legendre nodes on a smooth MLP:
+    """Integrated gradients with 64 Gauss–Legendre nodes on a smooth MLP:
     ``Σ_i (x − b)_i ∫₀¹ ∂_i q(b + α(x − b)) dα = q(x) − q(b)``; at a slice with a
     slice-space line between ``h(x)`` and an activation ``z_b``,
     ``Σ_j (h(x) − z_b)_j ∫ ∂_j (q∘g) = q(g(h(x))) − q(g(z_b))``."""
-    c = data.draw(st.integers(0, classes - 1))
+    c %= classes
     model = smooth_mlp(d, hidden, classes, act, seed)
     g = gen(seed)
     x, base = randn(g, 4, d, scale=scale), randn(g, 4, d, scale=scale)
     q = ClassQoI(c)
-    r = input_influence(model, q, LineDoI(baseline=base, steps=32), x, multiply_activation=True, dtype=F64)
+    doi = LineDoI(baseline=base, steps=COMPLETENESS_NODES)
+    r = input_influence(model, q, doi, x, multiply_activation=True, dtype=F64)
     torch.testing.assert_close(sum_units(r.values), q_at(model, q, x) - q_at(model, q, base), **COMPLETE)
 
-    layer = data.draw(st.sampled_from(["0", "1", "2", "3"]))
     s = Slice(model, layer)
     with torch.no_grad():
         z_b = randn(g, 4, hidden, scale=scale)  # any activation, one per anchor
         expected = q(s.g(s.h(x))) - q(s.g(z_b))
-    doi = LineDoI(baseline=z_b, steps=32, space="slice")
+    doi = LineDoI(baseline=z_b, steps=COMPLETENESS_NODES, space="slice")
     r = internal_influence(s, q, doi, x, multiply_activation=True, dtype=F64)
     torch.testing.assert_close(sum_units(r.values), expected, **COMPLETE)
 

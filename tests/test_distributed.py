@@ -91,6 +91,7 @@ def cases(folder: Path) -> dict[str, Callable[..., Any]]:
     c = res_cnn().double()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(d["x"]), batch_size=5)
     nan_model = NaNAbove().double()
+    tanh_mlp, relu_mlp = mlp(6, 16, 4, act=nn.Tanh, seed=1).double(), mlp(6, 16, 4, act=nn.ReLU, seed=2).double()
     return {
         # pooled: a DataLoader population, random noise around each point
         "dataset-noise": lambda **o: input_influence(m, ClassQoI(1), DatasetDoI(loader, each=NoiseDoI(0.2, samples=6, sampler="random")), batch_size=7, seed=3, **o),
@@ -110,6 +111,16 @@ def cases(folder: Path) -> dict[str, Callable[..., Any]]:
         # non-finite outputs skipped: the counts are summed over processes
         "skip-pooled": lambda **o: input_influence(nan_model, ClassQoI(0), DatasetDoI(d["xn"], each=PointDoI()), nonfinite="skip", batch_size=4, seed=0, **o),
         "skip-pointwise": lambda **o: input_influence(nan_model, ClassQoI(0), LineDoI(steps=4), d["xn"][:9], nonfinite="skip", batch_size=4, seed=0, **o),
+        # pointwise Sobol noise followed by a non-affine tail (see
+        # test_sobol_draws_do_not_depend_on_the_process): in the input of a tanh MLP, and at
+        # the first ReLU of a ReLU MLP (g = Linear, ReLU, Linear); 7 anchors split 3 + 4,
+        # batches of 6 rows cut anchors mid-way, 3 Sobol replicates of 4 points per anchor
+        "sobol-input-tanh": lambda seed=6, **o: input_influence(
+            tanh_mlp, ClassQoI(1), NoiseDoI(0.5, samples=12), d["x"][:7], batch_size=6, seed=seed, **o
+        ),
+        "sobol-slice-relu": lambda seed=6, **o: internal_influence(
+            Slice(relu_mlp, "1"), ClassQoI(2), NoiseDoI(0.5, samples=12, space="slice"), d["x"][:7], batch_size=6, seed=seed, **o
+        ),
         # resumes the checkpoint that the test left after an interrupted single-process run
         "resume": lambda **o: input_influence(
             m, FunctionQoI(counted), DatasetDoI(d["x"], each=LineDoI(steps=3)), batch_size=6, seed=8, checkpoint=folder / "resume.ckpt", checkpoint_every=0, **o
@@ -211,6 +222,24 @@ def test_two_processes_equal_one(shards: dict[str, Any], name: str) -> None:
         want = run()
     for out in shards["outs"]:
         _assert_same(out[name], want if isinstance(want, list) else [want])
+
+
+@pytest.mark.parametrize("name", ["sobol-input-tanh", "sobol-slice-relu"])
+def test_sobol_draws_do_not_depend_on_the_process(shards: dict[str, Any], name: str) -> None:
+    """Each anchor's Sobol replicates are shifted by uniforms keyed by its id in the whole
+    stream of anchors, so rank 1, whose chunk starts at anchor 3, draws what one process
+    draws for anchors 3..6: the results are equal to 1e-10. The other pointwise noise cases
+    cannot show this: after the cut of ``noise-conv`` the network is affine, its gradient is
+    the same at every sample and any draws give the same values (and a zero standard error);
+    ``one-point`` has one anchor, whose id is 0 on either process. Here the tail is not
+    affine, and the test first checks that the draws matter: another seed moves the values
+    and the standard errors are not zero."""
+    run = cases(shards["folder"])[name]
+    want, other = run(), run(seed=7)
+    assert (want.values - other.values).abs().max() > 1e-3 * want.values.abs().max()
+    assert (want.stderr > 0).all()
+    for out in shards["outs"]:
+        _assert_same(out[name], [want])
 
 
 def test_each_process_reads_its_own_chunks_of_a_dataset(shards: dict[str, Any]) -> None:

@@ -563,7 +563,7 @@ class _Integrator:
             share = -(-hint // group.world)
             chunk_size = min(chunk_size, max(step, -(-share // step) * step))
         self._agree(chunk_size)
-        self.sinks = [PopulationMoments(unit, query.device) for _ in query.qois]
+        self.sinks = [PopulationMoments(unit, query.device, self.track_completeness) for _ in query.qois]
         stream: Iterator[Tensor] = itertools.chain([first], parts)
         position = 0
         if query.checkpoint is not None:

@@ -303,14 +303,15 @@ class PopulationMoments:
     number of anchors ``count`` and of anchors dropped for non-finite values ``skipped``.
     ``unit`` is the shape of one anchor's estimate."""
 
-    def __init__(self, unit: tuple[int, ...], device: torch.device) -> None:
+    def __init__(self, unit: tuple[int, ...], device: torch.device, changes: bool = False) -> None:
         shapes = [unit] if len(unit) < 2 else [unit, unit[:1]]
         self.sums = [torch.zeros(s, dtype=torch.float64, device=device) for s in shapes for _ in (0, 1)]
         self.shifts = [torch.zeros(s, dtype=torch.float64, device=device) for s in shapes]
         self.count = 0
         self.skipped = 0
         self.single: AnchorEstimates | None = None
-        self.change: Tensor | None = None  # Σ_i Δq_i over the kept anchors, when tracked
+        # Σ_i Δq_i over the kept anchors, when the query tracks completeness
+        self.change: Tensor | None = torch.zeros((), dtype=torch.float64, device=device) if changes else None
 
     def add(self, offset: int, est: AnchorEstimates, keep: Tensor | None = None, changes: Tensor | None = None) -> None:
         if keep is not None:
@@ -318,8 +319,8 @@ class PopulationMoments:
             self.skipped += est.mean.shape[0] - index.shape[0]
             est = est.select(index)
             changes = None if changes is None else changes[index]
-        if changes is not None:
-            self.change = changes.sum() if self.change is None else self.change + changes.sum()
+        if changes is not None and self.change is not None:
+            self.change = self.change + changes.sum()
         n = est.mean.shape[0]
         if n == 0:
             return
@@ -359,8 +360,8 @@ class PopulationMoments:
         self.count, self.skipped = int(state["count"]), int(state["skipped"])
         single = state["single"]
         self.single = None if single is None else AnchorEstimates(*(None if t is None else t.to(device) for t in single))
-        change = state.get("change")
-        self.change = None if change is None else change.to(device)
+        change = state.get("change")  # absent from older checkpoints: no completeness then
+        self.change = None if change is None or self.change is None else change.to(device)
 
     def reduce(self, all_reduce_sum: Callable[[Tensor], Tensor]) -> "PopulationMoments":
         """The moments summed over processes (``all_reduce_sum`` sums a tensor over all

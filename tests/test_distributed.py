@@ -110,7 +110,9 @@ def cases(folder: Path) -> dict[str, Callable[..., Any]]:
         "one-point": lambda **o: input_influence(m, ClassQoI(2), NoiseDoI(0.3, samples=4, sampler="random"), d["x"][:1], seed=4, **o),
         # non-finite outputs skipped: the counts are summed over processes
         "skip-pooled": lambda **o: input_influence(nan_model, ClassQoI(0), DatasetDoI(d["xn"], each=PointDoI()), nonfinite="skip", batch_size=4, seed=0, **o),
-        "skip-pointwise": lambda **o: input_influence(nan_model, ClassQoI(0), LineDoI(steps=4), d["xn"][:9], nonfinite="skip", batch_size=4, seed=0, **o),
+        "skip-pointwise": lambda **o: input_influence(
+            nan_model, ClassQoI(0), LineDoI(steps=4), d["xn"][:9], nonfinite="skip", batch_size=4, seed=0, multiply_activation=True, **o
+        ),
         # pointwise Sobol noise followed by a non-affine tail (see
         # test_sobol_draws_do_not_depend_on_the_process): in the input of a tanh MLP, and at
         # the first ReLU of a ReLU MLP (g = Linear, ReLU, Linear); 7 anchors split 3 + 4,
@@ -130,7 +132,10 @@ def cases(folder: Path) -> dict[str, Callable[..., Any]]:
 
 def _pack(result: Any) -> list[dict[str, Any]]:
     results = result if isinstance(result, list) else [result]
-    return [{"values": r.values, "stderr": r.stderr, "channel_stderr": r.channel_stderr, "anchors": r.anchors, "samples": r.samples, "query": r.query} for r in results]
+    return [
+        {"values": r.values, "stderr": r.stderr, "channel_stderr": r.channel_stderr, "completeness": r.completeness, "anchors": r.anchors, "samples": r.samples, "query": r.query}
+        for r in results
+    ]
 
 
 def _worker(rank: int, folder: str) -> None:
@@ -206,6 +211,10 @@ def _assert_same(got: list[dict[str, Any]], want: list[InfluenceResult]) -> None
             assert g["channel_stderr"] is None
         else:
             torch.testing.assert_close(g["channel_stderr"], w.channel_stderr, equal_nan=True, **tolerance(F64))
+        if w.completeness is None:  # a line attribution's gap: gathered (pointwise) or summed (pooled)
+            assert g["completeness"] is None
+        else:
+            torch.testing.assert_close(g["completeness"], w.completeness, equal_nan=True, rtol=1e-8, atol=1e-12)
         assert (g["anchors"], g["samples"], g["query"]["seed"]) == (w.anchors, w.samples, w.query["seed"])
         assert g["query"].get("skipped") == w.query.get("skipped")
 

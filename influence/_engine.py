@@ -312,8 +312,10 @@ def internal_influence(
             layers and its weighted sum pulled back through them once per anchor; when
             the line is in input space and the cut inside the model, they are the start
             of ``h``. Exact by linearity, up to rounding (:mod:`slices._affine`); it
-            applies where ``torch.fx`` can trace the layers and no hooks are registered.
-            ``False``: run every layer per sample.
+            applies where ``torch.fx`` can trace the layers and no hooks are registered,
+            and on CUDA only where the frontier is no larger than the line's space
+            (a GPU pays for memory traffic, a CPU for arithmetic). ``False``: run every
+            layer per sample.
         tf32: on CUDA, whether float32 convolutions and matrix products may use TF32
             tensor cores (10-bit mantissa) for the query; the setting is restored
             after. ``None`` (default): leave PyTorch's settings as they are (cuDNN
@@ -665,6 +667,13 @@ class _Integrator:
                 frontier = self.affine.frontier(z)
             elif self.h_affine is not None:
                 frontier = self.h_affine.frontier(x)
+        space = z if self.affine is not None else x
+        if frontier and self.query.device.type == "cuda" and sum(t.numel() for t in frontier) > space.numel():
+            # a GPU is bound by memory traffic, not arithmetic: drawing samples and taking
+            # gradients at a frontier larger than the line's space (ResNet's 7×7 stride-2
+            # stem: 64×112×112 values for 3×224×224) costs more than the layers it skips
+            self.affine = self.h_affine = None
+            frontier = ()
         wrt = len(frontier) if self.affine is not None else 1  # the tensors gradients are taken at
         self.accumulators = [[ChunkAccumulator(each.samples, each.groups) for _ in range(wrt)] for _ in self.query.qois]
         numel = sum(t[0].numel() for t in frontier)

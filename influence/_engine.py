@@ -780,7 +780,9 @@ class _Integrator:
         per-point results): their estimates per QoI, which anchors to keep (``None``:
         all) after the non-finite check, and per QoI the change ``Δq`` along each
         anchor's line (``None`` unless completeness is tracked)."""
-        x = x.to(device=self.query.device, dtype=self.query.dtype, non_blocking=True)  # pinned by _Ahead on CUDA
+        # to a GPU from memory pinned by _Ahead: without holding up the host (never towards
+        # the host, where it would be read before it has arrived)
+        x = x.to(device=self.query.device, dtype=self.query.dtype, non_blocking=self.query.device.type == "cuda")
         with _Fitting(self.query, x) if self.first_batch else contextlib.nullcontext():
             chunk = self._prepare(x.clone() if x.is_inference() else x, first_id, local)
         self._integrate(chunk)

@@ -16,7 +16,6 @@ anchors' influences, with the standard error of that mean across anchors.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
 import torch
@@ -30,26 +29,41 @@ class DistributionOfInterest(ABC):
     """Base of every DoI (see :mod:`doi`)."""
 
 
-@dataclass(frozen=True)
 class Rows:
     """Which samples to draw: rows ``start..stop`` of a chunk whose ``n`` anchors have
     ``samples`` samples each, in order (row ``r`` is sample ``r % samples`` of the
     chunk's anchor ``r // samples``). ``first_id`` is the position of the chunk's first
     anchor in the whole stream of anchors: random draws are keyed by ``first_id + anchor``
     so they do not depend on batching or sharding. ``anchor`` and ``index`` hold the
-    same information as ``(B,)`` tensors on the device."""
+    same information as ``(B,)`` tensors on the device, sliced when first asked for from
+    ``tables`` (``r // samples`` and ``r % samples`` for the chunk's rows ``r``)."""
 
-    start: int
-    stop: int
-    samples: int
-    first_id: int
-    anchor: Tensor
-    index: Tensor
+    __slots__ = ("start", "stop", "samples", "first_id", "_tables", "_anchor", "_index")
+
+    def __init__(self, start: int, stop: int, samples: int, first_id: int, tables: tuple[Tensor, Tensor]) -> None:
+        self.start, self.stop, self.samples, self.first_id = start, stop, samples, first_id
+        self._tables = tables
+        self._anchor: Tensor | None = None
+        self._index: Tensor | None = None
 
     @classmethod
     def build(cls, start: int, stop: int, samples: int, first_id: int, device: torch.device) -> "Rows":
-        r = torch.arange(start, stop, device=device)
-        return cls(start, stop, samples, first_id, r // samples, r % samples)
+        r = torch.arange(stop, device=device)
+        return cls(start, stop, samples, first_id, (r // samples, r % samples))
+
+    @property
+    def anchor(self) -> Tensor:
+        """``(B,)``: each row's anchor, chunk-local."""
+        if self._anchor is None:
+            self._anchor = self._tables[0][self.start : self.stop]
+        return self._anchor
+
+    @property
+    def index(self) -> Tensor:
+        """``(B,)``: each row's sample index within its anchor."""
+        if self._index is None:
+            self._index = self._tables[1][self.start : self.stop]
+        return self._index
 
     def take(self, per_anchor: Tensor) -> Tensor:
         """``per_anchor[anchor]``: each row's entry of a per-anchor tensor (a view when

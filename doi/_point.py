@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ._base import PointwiseDoI, Rows
@@ -18,7 +17,7 @@ class PointDoI(PointwiseDoI):
     weight = 1.0
 
     def draw(self, anchors: Tensor, reference: Tensor | None, rows: Rows, seed: int) -> tuple[Tensor, Tensor]:
-        return rows.take(anchors), torch.ones(rows.anchor.shape[0], dtype=anchors.dtype, device=anchors.device)
+        return rows.take(anchors), anchors.new_ones(()).expand(rows.stop - rows.start)
 
     def __repr__(self) -> str:
         return "PointDoI()"

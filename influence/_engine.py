@@ -39,7 +39,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
@@ -101,7 +101,6 @@ class _Query:
         checkpoint_every: Any = 60.0,
         nonfinite: Any = "raise",
         affine_prefix: Any = True,
-        survey: ModuleSurvey | None = None,
         tf32: Any = None,
         autocast: Any = None,
         compile: Any = False,
@@ -195,7 +194,7 @@ class _Query:
                 torch.empty(0, device=dev)
             except (RuntimeError, AssertionError) as e:  # e.g. "Torch not compiled with CUDA enabled"
                 raise ValueError(f"device: {device!r} is not available here ({e})") from None
-        self.survey = survey if survey is not None else ModuleSurvey(slice.modules())
+        self.survey = ModuleSurvey(slice.modules())  # one walk: defaults, placement, freezing
         self.device = dev or self.survey.device or (inputs.device if isinstance(inputs, Tensor) else torch.device("cpu"))
         self.dtype = dtype or self.survey.dtype or (inputs.dtype if isinstance(inputs, Tensor) else torch.float32)
         if self.auto_batch and self.device.type == "cuda":
@@ -506,7 +505,7 @@ class _Integrator:
         self.sinks: list[Any] = []
         self.skip = query.nonfinite == "skip"
         self.skipped_ids: list[list[int]] = [[] for _ in query.qois]  # the first few, for the warning
-        self.value_total: Tensor  # (Q,) per chunk: Σ q over all its samples (set in _prepare)
+        self.value_totals: list[Tensor] = []  # per batch of the chunk: Σ q over its samples, per QoI
         self.row_table: tuple[Tensor, Tensor] | None = None  # see _rows
         self.g = torch.compile(self.slice.g) if query.compile else self.slice.g
         self.leaf_dtype = query.dtype if query.autocast is not None else None  # the cut stays in dtype under autocast
@@ -646,13 +645,16 @@ class _Integrator:
         """The chunk size for inputs like ``first``, and the shape of one unit (``h`` runs
         on one point). Finds the affine prefix to use, if any, and sets up the
         accumulators: one per QoI and differentiated tensor (the cut, or the frontier)."""
-        x = first[:1].to(device=self.query.device, dtype=self.query.dtype).clone()  # ours: h may write into it
-        version = x._version
-        with torch.no_grad(), _Fitting(self.query, x):
-            z = x if self.slice.is_input else self.slice.h(x)
-        # h writes into its input (``x.relu_()``, a first ``ReLU(inplace=True)``): from now on
-        # it only gets copies, never the caller's points or the chunk's anchors
-        self.copy_inputs = x._version != version
+        x = first[:1].to(device=self.query.device, dtype=self.query.dtype)
+        z = x
+        if not self.slice.is_input:
+            x = x.clone()  # ours: h may write into it
+            version = x._version
+            with torch.no_grad(), _Fitting(self.query, x):
+                z = self.slice.h(x)
+            # h writes into its input (``x.relu_()``, a first ``ReLU(inplace=True)``): from
+            # now on it only gets copies, never the caller's points or the chunk's anchors
+            self.copy_inputs = x._version != version
         unit = tuple(z.shape[1:])
         each = self.each
         if self.query.affine_prefix and each.affine_equivariant and each.samples > 1 and each.groups == 1:
@@ -677,7 +679,7 @@ class _Integrator:
         wrt = len(frontier) if self.affine is not None else 1  # the tensors gradients are taken at
         self.accumulators = [[ChunkAccumulator(each.samples, each.groups) for _ in range(wrt)] for _ in self.query.qois]
         numel = sum(t[0].numel() for t in frontier)
-        return _chunk_size(self.batch_size, each.samples, x[0].numel(), math.prod(unit), numel), unit
+        return _chunk_size(self.batch_size, each.samples, math.prod(x.shape[1:]), math.prod(unit), numel), unit
 
     def _agree(self, chunk_size: int) -> None:
         """Check that every process runs the same query (they must cut the anchors into
@@ -851,13 +853,15 @@ class _Integrator:
         float16 may overflow although every value is finite; the values are then checked
         one by one (:meth:`_value_flags`)."""
         n = chunk.x.shape[0]
-        total = self.value_total.sum()
+        parts = self.value_totals
+        value_total = parts[0].reshape(-1) if len(parts) == 1 else torch.stack(parts).double().reshape(len(parts), -1).sum(0)  # (Q,)
+        total = value_total.sum()
         for est in estimates:
             total = total + est.mean.sum()
-        if bool(torch.isfinite(total)):
+        if math.isfinite(float(total)):  # the one wait for the device
             return [None] * len(estimates)
         ok = torch.stack([torch.isfinite(est.mean.reshape(n, -1).sum(1)) for est in estimates], 1)
-        if not bool(torch.isfinite(self.value_total).all()):
+        if not bool(torch.isfinite(value_total).all()):
             ok &= torch.isfinite(self._value_flags(chunk))
         if bool(ok.all()):
             return [None] * len(estimates)
@@ -877,7 +881,8 @@ class _Integrator:
         flags = torch.zeros((chunk.x.shape[0], len(self.query.qois)), dtype=torch.float64, device=chunk.x.device)
         total = chunk.x.shape[0] * self.each.samples
         for start in range(0, total, self.batch_size):
-            values, _, _, anchor = self._gradients(chunk, start, min(start + self.batch_size, total))
+            values, _, _, rows = self._gradients(chunk, start, min(start + self.batch_size, total))
+            anchor = rows.anchor
             flags.index_add_(0, anchor, torch.stack(values, 1).to(torch.float64).mul_(0))
         return flags
 
@@ -968,7 +973,7 @@ class _Integrator:
                 continue
             target = (lambda like, sink=sink: sink.view(local, n, like)) if isinstance(sink, PerPointResults) else None
             accs[0].start(n, delta, target)
-        self.value_total = torch.zeros(len(self.query.qois), dtype=torch.float64, device=x.device)
+        self.value_totals: list[Tensor] = []  # per batch: Σ q over its samples, per QoI
         chunk = _Chunk(x, first_id, ids, anchors, reference, anchor_output, delta, frontier)
         if self.channels_last:  # draws then come out channels-last
             _set_layout(chunk, torch.channels_last)
@@ -1009,7 +1014,7 @@ class _Integrator:
             for accs, grad in zip(self.accumulators, grads):
                 for acc, g in zip(accs, grad):
                     acc.add(g, start, stop)
-            self.value_total.add_(totals[0] if len(totals) == 1 else torch.stack(totals))  # checked per chunk
+            self.value_totals.append(totals[0] if len(totals) == 1 else torch.stack(totals))  # checked per chunk
             start = stop
 
     def _own(self, x: Tensor) -> Tensor:
@@ -1023,10 +1028,9 @@ class _Integrator:
         s, need = self.each.samples, chunk.x.shape[0] * self.each.samples
         if self.row_table is None or self.row_table[0].shape[0] < need or self.row_table[0].device != chunk.x.device:
             self.row_table = _row_table(need, s, chunk.x.device)
-        anchor, index = self.row_table
-        return Rows(start, stop, s, chunk.first_id, anchor[start:stop], index[start:stop])
+        return Rows(start, stop, s, chunk.first_id, self.row_table)
 
-    def _gradients(self, chunk: _Chunk, start: int, stop: int) -> tuple[list[Tensor], list[list[Tensor]], list[Tensor], Tensor]:
+    def _gradients(self, chunk: _Chunk, start: int, stop: int) -> tuple[list[Tensor], list[list[Tensor]], list[Tensor], Rows]:
         """QoI values ``q`` and ``w · ∂(q∘g)/∂z`` for rows ``start..stop`` of the chunk,
         per QoI, from one forward pass (the gradients at each frontier tensor ``u_i`` of
         the affine prefix instead of ``z`` when there is one); the sums of the values; and
@@ -1086,7 +1090,7 @@ class _Integrator:
             values.append(value.detach())
             totals.append(total.detach())
             grads.append([g if w is None else g * w for g, w in zip(grad, scale)])
-        return values, grads, totals, rows.anchor
+        return values, grads, totals, rows
 
 
 _ROW_TABLES: dict[tuple[int, torch.device], tuple[Tensor, Tensor]] = {}
@@ -1184,6 +1188,12 @@ def _index_output(output: Any, index: Tensor) -> Any:
     return output
 
 
+def _tf32(allow: bool | None) -> Any:
+    """Allow or forbid TF32 for convolutions and matrix products, restoring the settings
+    after (``None``: leave them)."""
+    return contextlib.nullcontext() if allow is None else _tf32_set(allow)
+
+
 def _tf32_in_effect(device: torch.device, tf32: bool | None) -> dict[str, bool] | None:
     """Whether convolutions and matrix products may use TF32 during the query (CUDA only)."""
     if device.type != "cuda":
@@ -1194,12 +1204,7 @@ def _tf32_in_effect(device: torch.device, tf32: bool | None) -> dict[str, bool] 
 
 
 @contextmanager
-def _tf32(allow: bool | None) -> Iterator[None]:
-    """Allow or forbid TF32 for convolutions and matrix products, restoring the settings
-    after (``None``: leave them)."""
-    if allow is None:
-        yield
-        return
+def _tf32_set(allow: bool) -> Iterator[None]:
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow
     try:

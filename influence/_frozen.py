@@ -26,45 +26,39 @@ class ModuleSurvey:
         seen: set[int] = set()
         placements = self._placements
         buffer_device = None
-        for root in modules:
-            for m in _walk(root, seen):
-                if m.training:
-                    self.training.append(m)
-                if not self.has_conv and isinstance(m, nn.Conv2d):
-                    self.has_conv = True
-                for t in m._parameters.values():
-                    if t is None:
-                        continue
-                    if t.requires_grad:
-                        self.grad.append(t)  # type: ignore[arg-type]
-                    floating = t.is_floating_point()
-                    if self.dtype is None and floating:
-                        self.dtype = t.dtype
-                    if self.device is None:
-                        self.device = t.device
-                    placements.add((t.device, t.dtype if floating else None))
-                for t in m._buffers.values():
-                    if t is not None:
-                        buffer_device = buffer_device or t.device
-                        placements.add((t.device, t.dtype if t.is_floating_point() else None))
+        stack = list(reversed(modules))
+        while stack:  # every module once, in the order of named_modules
+            m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            children = m._modules
+            if children:
+                stack.extend(c for c in reversed(children.values()) if c is not None)
+            if m.training:
+                self.training.append(m)
+            if not self.has_conv and isinstance(m, nn.Conv2d):
+                self.has_conv = True
+            for t in m._parameters.values():
+                if t is None:
+                    continue
+                if t.requires_grad:
+                    self.grad.append(t)  # type: ignore[arg-type]
+                floating = t.is_floating_point()
+                if self.dtype is None and floating:
+                    self.dtype = t.dtype
+                if self.device is None:
+                    self.device = t.device
+                placements.add((t.device, t.dtype if floating else None))
+            for t in m._buffers.values():
+                if t is not None:
+                    buffer_device = buffer_device or t.device
+                    placements.add((t.device, t.dtype if t.is_floating_point() else None))
         self.device = self.device or buffer_device  # the first parameter's, else the first buffer's
 
     def all_on(self, device: torch.device, dtype: torch.dtype) -> bool:
         """Is every parameter and buffer on ``device``, every floating one in ``dtype``?"""
         return all(d == device and (t is None or t == dtype) for d, t in self._placements)
-
-
-def _walk(root: nn.Module, seen: set[int]) -> Iterator[nn.Module]:
-    """``root`` and its submodules, each once (also across calls sharing ``seen``), in
-    the order of ``named_modules``."""
-    stack = [root]
-    while stack:
-        m = stack.pop()
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
-        yield m
-        stack.extend(reversed([c for c in m._modules.values() if c is not None]))
 
 
 @contextmanager

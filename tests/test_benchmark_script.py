@@ -15,10 +15,10 @@ def test_run_py_tiny_prints_every_case_and_the_quadrature_table() -> None:
         capture_output=True, text=True, timeout=600, check=True,
     )
     out = done.stdout
-    main, _, rest = out.partition("Fixed cost per call")
-    _, _, precision = rest.partition("Precision on the residual CNN")
+    fixed, _, rest = out.partition("### resnet")
+    main, _, precision = rest.partition("Precision on the residual CNN")
+    assert "Fixed cost per call" in fixed and "saliency" in fixed
     for case in ["integrated gradients (input)", "SmoothGrad", "saliency", "input-space line", "slice-space line", "ClassDoI over", "10 classes"]:
         assert main.count(case) == 2, f"{case!r} missing for one of the two models"
     assert "steps needed for error ≤ 1e-3" in out
-    assert "Fixed cost per call" in out
     assert precision.count("bf16 autocast |") == 2  # the fast mode, for both of its cases

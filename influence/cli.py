@@ -265,6 +265,9 @@ def _report(query: BuiltQuery, results: list[InfluenceResult]) -> list[dict[str,
             "seed": result.query.get("seed"),
             "top": top_table(result, output["top"]),
         }
+        if result.completeness is not None:  # an attribution along a line: its completeness gap
+            gaps = result.completeness.reshape(-1)
+            entry["completeness"] = {"median": float(gaps.nanmedian()), "max": float(gaps.nan_to_num(nan=0.0).max()), "per_point": gaps.tolist()}
         if output["regions"]:
             entry["regions"] = region_table(query, result, output["regions"])
         report.append(entry)
@@ -291,6 +294,10 @@ def _format_report(query: BuiltQuery, results: list[InfluenceResult], report: li
         label = spec.name if len(results) == 1 else f"{spec.name}[{j}]"
         lines.append(f"{label}: top {len(entry['top'])} {units} of {where} for {entry['qoi']}")
         lines.append(f"  {entry['doi']}, {over}, {result.samples} samples, seed {entry['seed']}")
+        if "completeness" in entry:
+            gap = entry["completeness"]
+            shown = f"{gap['max']:.1e}" if result.pooled else f"median {gap['median']:.1e}, max {gap['max']:.1e}"
+            lines.append(f"  completeness gap |Σ attribution − Δq| / |Δq|: {shown}")
         head = "channel" if top["by"] == "channel" else "unit"
         cells = [(str(row["rank"]), _index(row["index"]), f"{row['value']:+.4e}", f"{row['stderr']:.2e}") for row in entry["top"]]
         w_unit = max([len(head)] + [len(c[1]) for c in cells])

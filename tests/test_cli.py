@@ -100,6 +100,12 @@ def test_example_runs_and_equals_python(example: Path, tmp_path: Path, capsys: p
             got = InfluenceResult.load(tmp_path / report["results"][j]["file"])
             assert torch.equal(got.values, want.values), name
             assert torch.equal(got.stderr, want.stderr), name
+            gap = report["results"][j].get("completeness")
+            assert (gap is None) == (want.completeness is None), name  # every line attribution reports its gap
+            if gap is not None:
+                assert gap["per_point"] == want.completeness.reshape(-1).tolist()
+                assert gap["max"] == float(want.completeness.max())
+                assert "completeness gap |Σ attribution − Δq| / |Δq|: " in out
             top = report["query"]["output"]["top"]
             if want.pooled or want.anchors == 1 or top["anchor"] != "mean":
                 anchor = None if want.pooled else (0 if top["anchor"] == "mean" else top["anchor"])

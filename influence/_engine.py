@@ -128,8 +128,7 @@ class _Query:
                 raise ValueError("inputs: expected a batch of points (N, *input_shape) (got a 0-d tensor); a shape (N,) means N scalar points")
             if inputs.shape[0] == 0:
                 raise ValueError(f"inputs: no points to explain (shape {tuple(inputs.shape)})")
-            if not inputs.is_floating_point():
-                raise TypeError(f"inputs: expected a floating-point tensor (got {inputs.dtype})")
+            _check_points(inputs, slice, doi, "inputs")
             self.population = None
             self.each = doi
         else:
@@ -267,7 +266,10 @@ def internal_influence(
             of ``inputs``; or a population DoI (``ClassDoI``, ``DatasetDoI``) with
             ``inputs=None``.
         inputs: ``(N, *input_shape)`` points for a pointwise DoI; a tensor of shape
-            ``(N,)`` is ``N`` scalar points (Captum's convention).
+            ``(N,)`` is ``N`` scalar points (Captum's convention). Integer points (token
+            ids) are explained at a slice after them, usually the word embeddings:
+            ``PointDoI``, or a line or noise with ``space="slice"`` (baselines from ids
+            with :meth:`slices.Slice.baseline`).
         batch_size: sample rows per forward/backward pass. ``"auto"``: 64 on the CPU
             (near the best throughput for small and mid-sized models there); on CUDA,
             start at 4096 rows and halve on out-of-memory until a batch fits (the largest
@@ -394,6 +396,27 @@ def _concat(parts: list[Any]) -> Any:
     if isinstance(first, dict):
         return {k: _concat([p[k] for p in parts]) for k in first}
     return first
+
+
+def _check_points(x: Tensor, slice: Slice, each: Any, owner: str) -> None:
+    """Points are floating-point, or integers (token ids) explained at a slice after them:
+    the point itself (``PointDoI``), or samples drawn in the slice's space."""
+    if x.is_floating_point():
+        return
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{owner}: expected floating-point points, or integer token ids (got {x.dtype})")
+    embeddings = [name for name, m in (slice.model.named_modules() if slice.model is not None else []) if isinstance(m, nn.Embedding)]
+    where = f"Slice(model, {embeddings[0]!r})" if embeddings else "a Slice at the layer that embeds them"
+    if slice.is_input:
+        raise TypeError(
+            f"{owner}: {x.dtype} points (token ids?) have no gradient; explain them at their embedding: {where}, "
+            "with PointDoI, or LineDoI/NoiseDoI(space='slice')"
+        )
+    if each.space == "input" and each.samples > 1:
+        raise ValueError(
+            f"{owner}: a {type(each).__name__} in input space would draw points between {x.dtype} token ids; "
+            f"draw them at the slice instead: {type(each).__name__}(..., space='slice') with {where}"
+        )
 
 
 class _Ahead:
@@ -557,6 +580,7 @@ class _Integrator:
         first = next((p for p in parts if p.shape[0]), None)
         if first is None:
             raise ValueError(f"doi: {query.doi!r} has no points")
+        _check_points(first, query.slice, query.each, f"doi: the data of {query.doi!r}")
         chunk_size, unit = self._probe(first)
         hint = query.population.size_hint()
         if group is not None and hint:  # every process gets a share of a small population
@@ -645,7 +669,7 @@ class _Integrator:
         """The chunk size for inputs like ``first``, and the shape of one unit (``h`` runs
         on one point). Finds the affine prefix to use, if any, and sets up the
         accumulators: one per QoI and differentiated tensor (the cut, or the frontier)."""
-        x = first[:1].to(device=self.query.device, dtype=self.query.dtype)
+        x = self._to_device(first[:1])
         z = x
         if not self.slice.is_input:
             x = x.clone()  # ours: h may write into it
@@ -784,7 +808,7 @@ class _Integrator:
         anchor's line (``None`` unless completeness is tracked)."""
         # to a GPU from memory pinned by _Ahead: without holding up the host (never towards
         # the host, where it would be read before it has arrived)
-        x = x.to(device=self.query.device, dtype=self.query.dtype, non_blocking=self.query.device.type == "cuda")
+        x = self._to_device(x)
         with _Fitting(self.query, x) if self.first_batch else contextlib.nullcontext():
             chunk = self._prepare(x.clone() if x.is_inference() else x, first_id, local)
         self._integrate(chunk)
@@ -1016,6 +1040,13 @@ class _Integrator:
                     acc.add(g, start, stop)
             self.value_totals.append(totals[0] if len(totals) == 1 else torch.stack(totals))  # checked per chunk
             start = stop
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        """Points on the query's device, in its dtype (token ids stay integers). To a GPU
+        from memory pinned by _Ahead without holding up the host (never towards the host,
+        where the copy would be read before it has arrived)."""
+        dtype = self.query.dtype if x.is_floating_point() else None
+        return x.to(device=self.query.device, dtype=dtype, non_blocking=self.query.device.type == "cuda")
 
     def _own(self, x: Tensor) -> Tensor:
         """``x`` for the model to run on: a copy when the model writes into its input (the

@@ -122,11 +122,11 @@ class FunctionQoI(QuantityOfInterest):
 def as_qoi(value: Any) -> QuantityOfInterest:
     """Coerce a QoI shorthand: a QoI is returned as is, an int ``c`` is ``ClassQoI(c)``,
     a callable ``output -> (B,)`` is wrapped."""
-    from ._class import ClassQoI
-
     if isinstance(value, QuantityOfInterest):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
+        from ._class import ClassQoI
+
         return ClassQoI(value)
     if callable(value):
         return FunctionQoI(value)

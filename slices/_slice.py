@@ -116,6 +116,25 @@ class Slice:
         ``x`` (the inputs ``z`` came from) is needed only when ``is_split`` is False."""
         return self._impl.g(z, x)
 
+    def baseline(self, x: Tensor) -> Tensor:
+        """The slice-space baseline of inputs ``x``: ``h(x)`` without autograd, with the
+        model in eval mode (restored after). For a text model sliced at its word
+        embeddings, ``x`` are baseline token ids (a pad or mask token at each position):
+        ``LineDoI(slc.baseline(pad_ids), space="slice")``, with ``pad_ids`` of shape
+        ``(1, L)`` (one baseline for every anchor) or ``(N, L)`` (one per anchor)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Slice.baseline: expected a tensor of inputs (got {type(x).__name__})")
+        model = self.model
+        modes = [(m, m.training) for m in model.modules()] if model is not None else []
+        try:
+            for m, _ in modes:
+                m.training = False
+            with torch.no_grad():
+                return self.h(x)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
     def forward_cut(self, x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Any]:
         """One forward pass of ``f`` on ``x`` returning ``(z, output)`` where ``z = h(x)``
         is a fresh leaf tensor that requires grad (in ``dtype`` when given), so gradients

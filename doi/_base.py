@@ -21,6 +21,8 @@ from typing import Any, Iterator, Literal
 import torch
 from torch import Tensor
 
+from ._points import apply, is_structured
+
 Space = Literal["input", "slice"]
 SPACES: tuple[str, ...] = ("input", "slice")
 
@@ -68,7 +70,9 @@ class Rows:
     def take(self, per_anchor: Tensor) -> Tensor:
         """``per_anchor[anchor]``: each row's entry of a per-anchor tensor (a view when
         every anchor has one sample, or when ``per_anchor`` is one point broadcast to
-        every anchor)."""
+        every anchor); of every tensor of a mapping or tuple of them."""
+        if is_structured(per_anchor):
+            return apply(per_anchor, self.take)
         if per_anchor.stride(0) == 0:
             return per_anchor[:1].expand(self.stop - self.start, *per_anchor.shape[1:])
         return per_anchor[self.start : self.stop] if self.samples == 1 else per_anchor[self.anchor]

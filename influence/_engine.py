@@ -45,6 +45,13 @@ import torch
 from torch import Tensor, nn
 
 from doi import DistributionOfInterest, LineDoI, PointwiseDoI, PopulationDoI, Rows
+from doi._points import Points, is_structured
+from doi._points import apply as points_apply
+from doi._points import check as points_check
+from doi._points import count as points_count
+from doi._points import describe as points_describe
+from doi._points import rows as points_rows
+from doi._points import tensors as points_tensors
 from qoi import QoIContext, QuantityOfInterest, as_qoi
 from slices import Slice
 from slices._affine import AffinePrefix
@@ -122,13 +129,17 @@ class _Query:
         elif isinstance(doi, PointwiseDoI):
             if inputs is None:
                 raise ValueError(f"inputs: {type(doi).__name__} explains given points; pass inputs, a tensor (N, *input_shape)")
-            if not isinstance(inputs, Tensor):
-                raise TypeError(f"inputs: expected a tensor (N, *input_shape) (got {type(inputs).__name__})")
-            if inputs.ndim < 1:
-                raise ValueError("inputs: expected a batch of points (N, *input_shape) (got a 0-d tensor); a shape (N,) means N scalar points")
-            if inputs.shape[0] == 0:
-                raise ValueError(f"inputs: no points to explain (shape {tuple(inputs.shape)})")
-            _check_points(inputs, slice, doi, "inputs")
+            if is_structured(inputs):
+                _check_structured(inputs, slice, doi, "inputs")
+            elif not isinstance(inputs, Tensor):
+                raise TypeError(f"inputs: expected a tensor (N, *input_shape), or a mapping or tuple of them (got {type(inputs).__name__})")
+            else:
+                if inputs.ndim < 1:
+                    raise ValueError("inputs: expected a batch of points (N, *input_shape) (got a 0-d tensor); a shape (N,) means N scalar points")
+                _check_points(inputs, slice, doi, "inputs")
+            if points_count(inputs) == 0:
+                shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else points_describe(inputs)
+                raise ValueError(f"inputs: no points to explain (shape {shape})")
             self.population = None
             self.each = doi
         else:
@@ -205,8 +216,7 @@ class _Query:
         """How many anchors the query has, when known without reading the data."""
         if self.population is not None:
             return self.population.size_hint()
-        assert isinstance(self.inputs, Tensor)
-        return self.inputs.shape[0]
+        return points_count(self.inputs)
 
     def describe(self, qoi: QuantityOfInterest) -> dict[str, Any]:
         return {
@@ -269,7 +279,11 @@ def internal_influence(
             ``(N,)`` is ``N`` scalar points (Captum's convention). Integer points (token
             ids) are explained at a slice after them, usually the word embeddings:
             ``PointDoI``, or a line or noise with ``space="slice"`` (baselines from ids
-            with :meth:`slices.Slice.baseline`).
+            with :meth:`slices.Slice.baseline`). A mapping of tensors that share their
+            first dimension (a tokenizer's ``BatchEncoding``) is given to the model as
+            ``model(**inputs)``, a tuple as ``model(*inputs)``, by a hook slice after them;
+            every tensor is taken row by row with its point (an attention mask travels
+            with its tokens).
         batch_size: sample rows per forward/backward pass. ``"auto"``: 64 on the CPU
             (near the best throughput for small and mid-sized models there); on CUDA,
             start at 4096 rows and halve on out-of-memory until a batch fits (the largest
@@ -379,10 +393,10 @@ def _chunk_size(batch_size: int, samples: int, input_numel: int, unit_numel: int
     return max(step, n // step * step) if step <= n else n
 
 
-def no_grad_batched(fn: Any, x: Tensor, batch_size: int) -> Any:
+def no_grad_batched(fn: Any, x: Points, batch_size: int) -> Any:
     """``fn(x)`` without autograd, ``batch_size`` rows at a time."""
     with torch.no_grad():
-        parts = [fn(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        parts = [fn(points_rows(x, slice(i, i + batch_size))) for i in range(0, points_count(x), batch_size)]
     return parts[0] if len(parts) == 1 else _concat(parts)
 
 
@@ -396,6 +410,24 @@ def _concat(parts: list[Any]) -> Any:
     if isinstance(first, dict):
         return {k: _concat([p[k] for p in parts]) for k in first}
     return first
+
+
+def _check_structured(x: Points, slice: Slice, each: Any, owner: str) -> None:
+    """A mapping or tuple of inputs: tensors that share their first dimension, given to
+    the model as ``model(**x)`` or ``model(*x)`` by a hook slice, at a cut after them,
+    with the point itself (``PointDoI``) or samples in the slice's space."""
+    points_check(x, owner)
+    if slice.is_input or slice.realisation not in ("hook", "functions"):
+        raise ValueError(
+            f"{owner}: a {type(x).__name__} of inputs is given to the model as model(**inputs) (or model(*inputs)), "
+            f"which only the hook realisation does; explain them at a layer after them with Slice(model, layer, realisation='hook') "
+            f"(got {slice!r})"
+        )
+    if each.space == "input" and each.samples > 1:
+        raise ValueError(
+            f"{owner}: a {type(each).__name__} in input space cannot draw points between {type(x).__name__}s of inputs; "
+            f"draw them at the slice: {type(each).__name__}(..., space='slice')"
+        )
 
 
 def _check_points(x: Tensor, slice: Slice, each: Any, owner: str) -> None:
@@ -452,13 +484,20 @@ class _Ahead:
 
 
 def _pinned(item: Any) -> Any:
-    """CPU tensors in ``item`` (a tensor, or a tuple of ints and tensors) in pinned memory,
-    so that their copy to the GPU runs without holding up the host."""
+    """CPU tensors in ``item`` (a tensor, or tuples and mappings of ints and tensors) in
+    pinned memory, so that their copy to the GPU runs without holding up the host."""
     if isinstance(item, Tensor):
         return item.pin_memory() if item.device.type == "cpu" else item
     if isinstance(item, tuple):
         return tuple(_pinned(i) for i in item)
+    if isinstance(item, dict):
+        return {k: _pinned(v) for k, v in item.items()}
     return item
+
+
+def _versions(x: Points) -> tuple[int, ...]:
+    """The version counters of the tensors in ``x`` (they move when a tensor is written into)."""
+    return tuple(t._version for t in points_tensors(x))
 
 
 class _Fitting:
@@ -467,7 +506,7 @@ class _Fitting:
     a ``ValueError`` that names the data and the shape of one point. (Errors of a QoI
     are left as they are.)"""
 
-    def __init__(self, query: _Query, x: Tensor) -> None:
+    def __init__(self, query: _Query, x: Points) -> None:
         self.query, self.x = query, x
 
     def __enter__(self) -> None:
@@ -479,7 +518,7 @@ class _Fitting:
         owner = f"doi: the data of {self.query.doi!r}" if self.query.population is not None else "inputs"
         first = (str(error).strip().splitlines() or [""])[0]
         raise ValueError(
-            f"{owner}: the model fails on points of shape {tuple(self.x.shape[1:])} ({kind.__name__}: {first}); "
+            f"{owner}: the model fails on points of shape {points_describe(self.x)} ({kind.__name__}: {first}); "
             "check that the points have the shape (and layout) the model takes"
         ) from None
 
@@ -488,7 +527,7 @@ class _Fitting:
 class _Chunk:
     """What the rows of one chunk of anchors are drawn from."""
 
-    x: Tensor  # (n, *input) the anchors' inputs
+    x: Points  # (n, *input) the anchors' inputs (or a mapping or tuple of such tensors)
     first_id: int  # the position of the first of them in the stream of anchors
     ids: Tensor  # (n,) the positions of all of them
     anchors: Tensor  # (n, *space) the anchors in the DoI's space (x, or h(x))
@@ -496,6 +535,14 @@ class _Chunk:
     anchor_output: Any  # the model's output at the anchors, for QoIs that need it
     delta: Tensor | None  # (n, *unit) float64 h(x) − h(b), for multiply_activation
     frontier: list[tuple[Tensor, Tensor]]  # per frontier tensor of the affine prefix: (a(x), a(b))
+
+    @property
+    def n(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.ids.device
 
 
 class _Integrator:
@@ -546,14 +593,13 @@ class _Integrator:
     def _run_pointwise(self) -> None:
         query, group = self.query, self.group
         inputs = query.inputs
-        assert isinstance(inputs, Tensor)
-        total = inputs.shape[0]
+        total = points_count(inputs)
         lo, hi = (0, total) if group is None else group.block(total)
-        chunk_size, unit = self._probe(inputs[:1])
+        chunk_size, unit = self._probe(inputs)
         self._agree(chunk_size)
         self.sinks = [PerPointResults(hi - lo, self.skip) for _ in query.qois]
         failure: Exception | None = None
-        self.ahead = _Ahead(((start, inputs[start : min(hi, start + chunk_size)]) for start in range(lo, hi, chunk_size)), query.device)
+        self.ahead = _Ahead(((start, points_rows(inputs, slice(start, min(hi, start + chunk_size)))) for start in range(lo, hi, chunk_size)), query.device)
         for start, x in self.ahead:
             try:
                 estimates, keep, gaps = self._chunk(x, start, start - lo)
@@ -564,7 +610,7 @@ class _Integrator:
                 break
             for sink, est, k, dq in zip(self.sinks, estimates, keep, gaps):
                 sink.add(start - lo, est, k, dq)
-            self.progress.update(x.shape[0])
+            self.progress.update(points_count(x))
         if group is not None:
             self._raise_failures(failure)
             for sink in self.sinks:
@@ -669,16 +715,16 @@ class _Integrator:
         """The chunk size for inputs like ``first``, and the shape of one unit (``h`` runs
         on one point). Finds the affine prefix to use, if any, and sets up the
         accumulators: one per QoI and differentiated tensor (the cut, or the frontier)."""
-        x = self._to_device(first[:1])
+        x = self._to_device(points_rows(first, slice(0, 1)))
         z = x
         if not self.slice.is_input:
-            x = x.clone()  # ours: h may write into it
-            version = x._version
+            x = points_apply(x, torch.Tensor.clone)  # ours: h may write into it
+            version = _versions(x)
             with torch.no_grad(), _Fitting(self.query, x):
                 z = self.slice.h(x)
             # h writes into its input (``x.relu_()``, a first ``ReLU(inplace=True)``): from
             # now on it only gets copies, never the caller's points or the chunk's anchors
-            self.copy_inputs = x._version != version
+            self.copy_inputs = _versions(x) != version
         unit = tuple(z.shape[1:])
         each = self.each
         if self.query.affine_prefix and each.affine_equivariant and each.samples > 1 and each.groups == 1:
@@ -703,7 +749,8 @@ class _Integrator:
         wrt = len(frontier) if self.affine is not None else 1  # the tensors gradients are taken at
         self.accumulators = [[ChunkAccumulator(each.samples, each.groups) for _ in range(wrt)] for _ in self.query.qois]
         numel = sum(t[0].numel() for t in frontier)
-        return _chunk_size(self.batch_size, each.samples, math.prod(x.shape[1:]), math.prod(unit), numel), unit
+        numel_one = sum(math.prod(t.shape[1:]) for t in points_tensors(x))
+        return _chunk_size(self.batch_size, each.samples, numel_one, math.prod(unit), numel), unit
 
     def _agree(self, chunk_size: int) -> None:
         """Check that every process runs the same query (they must cut the anchors into
@@ -810,7 +857,7 @@ class _Integrator:
         # the host, where it would be read before it has arrived)
         x = self._to_device(x)
         with _Fitting(self.query, x) if self.first_batch else contextlib.nullcontext():
-            chunk = self._prepare(x.clone() if x.is_inference() else x, first_id, local)
+            chunk = self._prepare(points_apply(x, lambda t: t.clone() if t.is_inference() else t), first_id, local)
         self._integrate(chunk)
         estimates = [self._finish(accs, chunk) for accs in self.accumulators]
         gaps: list[Tensor | None] = list(self._line_changes(chunk).unbind(1)) if self.track_completeness else [None] * len(estimates)
@@ -828,7 +875,7 @@ class _Integrator:
         mean = torch.cat(
             [
                 self.affine.pull_back(chunk.anchors[i : i + b].contiguous(), [s[i : i + b].to(dtype) for s in sums]).double()
-                for i in range(0, chunk.x.shape[0], b)
+                for i in range(0, chunk.n, b)
             ]
         )
         if chunk.delta is not None:
@@ -841,7 +888,7 @@ class _Integrator:
         and at their references, in the DoI's space. A baseline shared by every anchor
         runs once, unless a QoI reads the anchor's output (``MaxClassQoI``) or ``g``
         reads the anchor's input (a hook slice)."""
-        n, b, qois = chunk.x.shape[0], self.batch_size, self.query.qois
+        n, b, qois = chunk.n, self.batch_size, self.query.qois
         assert chunk.reference is not None
         # a hook slice's g(z; x) may depend on x beside z (a skip over the cut): per anchor
         per_anchor = any(q.needs_anchor_output for q in qois) or (self.in_slice_space and not self.slice.is_split)
@@ -854,7 +901,7 @@ class _Integrator:
                     p = points[i : i + b].contiguous()  # the default layout: every model takes it
                     self.recorder.clear()
                     if self.in_slice_space:
-                        z, out = p, self.slice.g(p, None if self.slice.is_split else self._own(chunk.x[i : i + b]))
+                        z, out = p, self.slice.g(p, None if self.slice.is_split else self._own(points_rows(chunk.x, slice(i, i + b))))
                     else:
                         z = p if self.slice.is_input else self.slice.h(self._own(p))
                         out = self.slice.g(z, self._own(p))
@@ -876,7 +923,7 @@ class _Integrator:
         sums of the QoI values over the chunk's batches. A batch sum in float32 or
         float16 may overflow although every value is finite; the values are then checked
         one by one (:meth:`_value_flags`)."""
-        n = chunk.x.shape[0]
+        n = chunk.n
         parts = self.value_totals
         value_total = parts[0].reshape(-1) if len(parts) == 1 else torch.stack(parts).double().reshape(len(parts), -1).sum(0)  # (Q,)
         total = value_total.sum()
@@ -902,8 +949,8 @@ class _Integrator:
     def _value_flags(self, chunk: _Chunk) -> Tensor:
         """``(n, Q)``: ``Σ_k 0·q(x_k)`` over each anchor's samples, NaN where a QoI value
         is not finite (the chunk's samples evaluated again; only after a fault)."""
-        flags = torch.zeros((chunk.x.shape[0], len(self.query.qois)), dtype=torch.float64, device=chunk.x.device)
-        total = chunk.x.shape[0] * self.each.samples
+        flags = torch.zeros((chunk.n, len(self.query.qois)), dtype=torch.float64, device=chunk.device)
+        total = chunk.n * self.each.samples
         for start in range(0, total, self.batch_size):
             values, _, _, rows = self._gradients(chunk, start, min(start + self.batch_size, total))
             anchor = rows.anchor
@@ -979,9 +1026,10 @@ class _Integrator:
         """Anchors in the DoI's space (``h`` once per anchor for slice-space DoIs), their
         references, ``δ`` for ``multiply_activation``, and the anchors' outputs."""
         slc, b = self.slice, self.batch_size
-        ids = torch.arange(first_id, first_id + x.shape[0], device=x.device)
+        n = points_count(x)
+        ids = torch.arange(first_id, first_id + n, device=self.query.device)
         with torch.no_grad():
-            h = (lambda v: slc.h(v.clone())) if self.copy_inputs else slc.h
+            h = (lambda v: slc.h(self._own(v))) if self.copy_inputs else slc.h
             anchors = no_grad_batched(h, x, b) if self.in_slice_space else x
             reference = self.each.reference(anchors, ids)
             delta = _delta(h, b, x, anchors, reference, self.in_slice_space) if self.query.multiply else None
@@ -989,7 +1037,6 @@ class _Integrator:
             anchor_output = no_grad_batched(lambda v: slc.g(h(v), self._own(v)), x, b) if needs_output else None
             prefix = self.affine or self.h_affine
             frontier = [] if prefix is None else _line_ends(prefix, anchors, reference, b)
-        n = x.shape[0]
         for accs, sink in zip(self.accumulators, self.sinks):
             if self.affine is not None:  # sums at the frontier, pulled back and times δ in _finish
                 for acc in accs:
@@ -997,7 +1044,7 @@ class _Integrator:
                 continue
             target = (lambda like, sink=sink: sink.view(local, n, like)) if isinstance(sink, PerPointResults) else None
             accs[0].start(n, delta, target)
-        self.value_totals: list[Tensor] = []  # per batch: Σ q over its samples, per QoI
+        self.value_totals = []  # per batch: Σ q over its samples, per QoI
         chunk = _Chunk(x, first_id, ids, anchors, reference, anchor_output, delta, frontier)
         if self.channels_last:  # draws then come out channels-last
             _set_layout(chunk, torch.channels_last)
@@ -1009,7 +1056,7 @@ class _Integrator:
         model fails on the very first batch with channels-last inputs chosen
         automatically, the batch is retried in the default layout (what the failed try
         printed to stderr is dropped; a successful one's output is passed on)."""
-        total = chunk.x.shape[0] * self.each.samples
+        total = chunk.n * self.each.samples
         start = 0
         while start < total:
             stop = min(start + self.batch_size, total)
@@ -1041,24 +1088,24 @@ class _Integrator:
             self.value_totals.append(totals[0] if len(totals) == 1 else torch.stack(totals))  # checked per chunk
             start = stop
 
-    def _to_device(self, x: Tensor) -> Tensor:
+    def _to_device(self, x: Points) -> Points:
         """Points on the query's device, in its dtype (token ids stay integers). To a GPU
         from memory pinned by _Ahead without holding up the host (never towards the host,
         where the copy would be read before it has arrived)."""
-        dtype = self.query.dtype if x.is_floating_point() else None
-        return x.to(device=self.query.device, dtype=dtype, non_blocking=self.query.device.type == "cuda")
+        device, dtype, non_blocking = self.query.device, self.query.dtype, self.query.device.type == "cuda"
+        return points_apply(x, lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else None, non_blocking=non_blocking))
 
-    def _own(self, x: Tensor) -> Tensor:
+    def _own(self, x: Points) -> Points:
         """``x`` for the model to run on: a copy when the model writes into its input (the
         caller's points and the chunk's anchors must stay as they are)."""
-        return x.clone() if self.copy_inputs else x
+        return points_apply(x, torch.Tensor.clone) if self.copy_inputs else x
 
     def _rows(self, chunk: _Chunk, start: int, stop: int) -> Rows:
         """Rows ``start..stop`` of the chunk, their anchors and sample indices sliced from
         tables made once (``r // S`` and ``r % S`` for every row of a chunk)."""
-        s, need = self.each.samples, chunk.x.shape[0] * self.each.samples
-        if self.row_table is None or self.row_table[0].shape[0] < need or self.row_table[0].device != chunk.x.device:
-            self.row_table = _row_table(need, s, chunk.x.device)
+        s, need = self.each.samples, chunk.n * self.each.samples
+        if self.row_table is None or self.row_table[0].shape[0] < need or self.row_table[0].device != chunk.device:
+            self.row_table = _row_table(need, s, chunk.device)
         return Rows(start, stop, s, chunk.first_id, self.row_table)
 
     def _gradients(self, chunk: _Chunk, start: int, stop: int) -> tuple[list[Tensor], list[list[Tensor]], list[Tensor], Rows]:
@@ -1150,8 +1197,10 @@ def _line_ends(prefix: AffinePrefix, anchors: Tensor, reference: Tensor | None, 
     return list(zip(ends, starts))
 
 
-def _in_layout(t: Tensor, channels_last: bool | str) -> Tensor:
+def _in_layout(t: Points, channels_last: bool | str) -> Points:
     """``t`` channels-last when asked for and 4-D (detached: a fresh sample)."""
+    if not isinstance(t, Tensor):
+        return points_apply(t, Tensor.detach)
     if channels_last and t.ndim == 4:
         t = t.contiguous(memory_format=torch.channels_last)
     return t.detach()
@@ -1161,7 +1210,9 @@ def _set_layout(chunk: _Chunk, layout: torch.memory_format) -> None:
     """Put the chunk's 4-D anchors, references and frontier ends in ``layout`` (broadcast
     references stay views)."""
 
-    def put(t: Tensor) -> Tensor:
+    def put(t: Any) -> Any:
+        if not isinstance(t, Tensor):
+            return t
         return t.contiguous(memory_format=layout) if t.ndim == 4 and t.stride(0) != 0 else t
 
     chunk.anchors = put(chunk.anchors)

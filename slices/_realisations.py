@@ -21,6 +21,7 @@ in which ``z = h(x)`` is detached from ``h`` and made a leaf that requires grad,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -229,6 +230,16 @@ def _partition(model: nn.Module, graph: fx.Graph, cut: fx.Node) -> tuple[fx.Grap
     return h_graph, g_graph
 
 
+def call(model: Callable[..., Any], x: Any) -> Any:
+    """``model(**x)`` for a mapping of inputs (a tokenizer's output), ``model(*x)`` for a
+    tuple, ``model(x)`` for a tensor."""
+    if isinstance(x, Mapping):
+        return model(**x)
+    if isinstance(x, tuple):
+        return model(*x)
+    return model(x)
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once ``h(x)`` is known."""
 
@@ -264,7 +275,7 @@ class HookSplit:
             )
         try:
             try:
-                out = self._model(x)
+                out = call(self._model, x)  # model(**x) for a mapping of inputs, model(*x) for a tuple
             except _StopForward:
                 out = None
         finally:

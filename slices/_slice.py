@@ -8,6 +8,8 @@ is taken with respect to ``z``: ``∂(q∘g)/∂z`` at ``z = h(x)``. The input s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import copy
 from typing import Any, Callable, Literal
 
@@ -116,14 +118,14 @@ class Slice:
         ``x`` (the inputs ``z`` came from) is needed only when ``is_split`` is False."""
         return self._impl.g(z, x)
 
-    def baseline(self, x: Tensor) -> Tensor:
+    def baseline(self, x: Any) -> Tensor:
         """The slice-space baseline of inputs ``x``: ``h(x)`` without autograd, with the
         model in eval mode (restored after). For a text model sliced at its word
         embeddings, ``x`` are baseline token ids (a pad or mask token at each position):
         ``LineDoI(slc.baseline(pad_ids), space="slice")``, with ``pad_ids`` of shape
         ``(1, L)`` (one baseline for every anchor) or ``(N, L)`` (one per anchor)."""
-        if not isinstance(x, Tensor):
-            raise TypeError(f"Slice.baseline: expected a tensor of inputs (got {type(x).__name__})")
+        if not isinstance(x, (Tensor, Mapping, tuple)):
+            raise TypeError(f"Slice.baseline: expected inputs as the model takes them: a tensor, or a mapping or tuple of tensors (got {type(x).__name__})")
         model = self.model
         modes = [(m, m.training) for m in model.modules()] if model is not None else []
         try:

@@ -123,3 +123,89 @@ def test_baseline_leaves_the_model_as_it_was(ids: Tensor) -> None:
     assert all(m.training for m in model.modules())
     with pytest.raises(TypeError, match="Slice.baseline"):
         slc.baseline([0, 0])  # type: ignore[arg-type]
+
+
+# --- inputs as a mapping (a tokenizer's output) or a tuple --------------------------------------
+
+
+@pytest.fixture
+def padded(ids: Tensor) -> dict[str, Tensor]:
+    """A batch as a tokenizer gives it: ids padded with 0 and an attention mask."""
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    mask[2, 3:] = 0
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def test_a_mapping_of_inputs_equals_captum_with_its_mask(padded: dict[str, Tensor]) -> None:
+    """``inputs`` as a ``BatchEncoding``: the model is called as ``model(**inputs)``, the
+    attention mask travels with its tokens, and integrated gradients at the word
+    embeddings equal Captum's (the mask as an additional forward argument). Padding
+    positions, where the sentence equals the pad baseline, get exactly zero."""
+    model = bert()
+    slc = Slice(model, "bert.embeddings.word_embeddings")
+    qoi = ClassQoI(1, output="logits")
+    baseline = slc.baseline({"input_ids": torch.zeros_like(padded["input_ids"]), "attention_mask": padded["attention_mask"]})
+    encoding = transformers.BatchEncoding(padded)
+    ours = internal_influence(slc, qoi, LineDoI(baseline, steps=16, space="slice"), encoding, multiply_activation=True, batch_size=5)
+    lig = LayerIntegratedGradients(lambda i, m: model(input_ids=i, attention_mask=m).logits[:, 1], model.bert.embeddings.word_embeddings)
+    theirs = lig.attribute(
+        padded["input_ids"], baselines=torch.zeros_like(padded["input_ids"]), additional_forward_args=(padded["attention_mask"],),
+        n_steps=16, method="gausslegendre",
+    )  # fmt: skip
+    torch.testing.assert_close(ours.values, theirs, rtol=1e-7, atol=1e-9 * float(theirs.abs().max()))
+    pad = padded["attention_mask"] == 0
+    assert bool(pad.any()) and bool((ours.values[pad] == 0).all())
+    assert float(ours.completeness.max()) < 1e-6
+
+
+def test_the_mask_travels_with_its_tokens(padded: dict[str, Tensor]) -> None:
+    """The same sentences in another order, in batches that split them differently, and
+    as a tuple ``model(*inputs)``: each sentence's result is its own, to 1e-12; without
+    its mask a padded sentence's result differs (so the mask is used)."""
+    model = bert()
+    slc = Slice(model, "bert.embeddings.word_embeddings")
+    qoi = ClassQoI(2, output="logits")
+    whole = internal_influence(slc, qoi, PointDoI(), padded, multiply_activation=True, batch_size=64)
+    order = torch.tensor([3, 0, 2, 1])
+    shuffled = {k: v[order] for k, v in padded.items()}
+    for batch_size in (1, 3):
+        moved = internal_influence(slc, qoi, PointDoI(), shuffled, multiply_activation=True, batch_size=batch_size)
+        torch.testing.assert_close(moved.values, whole.values[order], rtol=1e-12, atol=1e-15)
+    as_tuple = internal_influence(slc, qoi, PointDoI(), (padded["input_ids"], padded["attention_mask"]), multiply_activation=True)
+    torch.testing.assert_close(as_tuple.values, whole.values, rtol=1e-12, atol=1e-15)
+    unmasked = internal_influence(slc, qoi, PointDoI(), padded["input_ids"], multiply_activation=True)
+    assert float((unmasked.values[0] - whole.values[0]).abs().max()) > 1e-6
+
+
+def test_noise_at_the_embedding_of_a_mapping(padded: dict[str, Tensor]) -> None:
+    """SmoothGrad at the embedding of a padded batch: the same with other batch sizes."""
+    model = bert()
+    slc = Slice(model, "bert.embeddings.word_embeddings")
+    noisy = internal_influence(slc, ClassQoI(0, output="logits"), NoiseDoI(0.05, samples=6, space="slice"), padded, seed=1, batch_size=4)
+    again = internal_influence(slc, ClassQoI(0, output="logits"), NoiseDoI(0.05, samples=6, space="slice"), padded, seed=1, batch_size=7)
+    torch.testing.assert_close(noisy.values, again.values, rtol=1e-12, atol=1e-15)
+    assert noisy.values.shape == (4, LENGTH, 16)
+    # a masked token cannot reach the classifier: its gradient is exactly zero, noise or not
+    pad = padded["attention_mask"] == 0
+    assert bool((noisy.stderr[~pad] > 0).all()) and bool((noisy.values[pad] == 0).all()) and bool((noisy.stderr[pad] == 0).all())
+
+
+def test_a_mapping_of_inputs_that_cannot_work(padded: dict[str, Tensor]) -> None:
+    """Each mistake names ``inputs`` and says what to do."""
+    model = bert()
+    slc = Slice(model, "bert.embeddings.word_embeddings")
+    qoi = ClassQoI(1, output="logits")
+    with pytest.raises(ValueError, match=r"inputs: a dict of inputs is given to the model as model\(\*\*inputs\).*realisation='hook'"):
+        input_influence(model, qoi, PointDoI(), padded)
+    with pytest.raises(ValueError, match=r"inputs: a LineDoI in input space cannot draw points between dicts of inputs; .*space='slice'"):
+        internal_influence(slc, qoi, LineDoI(steps=3), padded)
+    with pytest.raises(ValueError, match=r"inputs: its tensors must share their first dimension.*'attention_mask': 2"):
+        internal_influence(slc, qoi, PointDoI(), {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"][:2]})
+    with pytest.raises(ValueError, match=r"inputs: an empty dict"):
+        internal_influence(slc, qoi, PointDoI(), {})
+    with pytest.raises(TypeError, match=r"inputs\['attention_mask'\]: expected a tensor"):
+        internal_influence(slc, qoi, PointDoI(), {"input_ids": padded["input_ids"], "attention_mask": [1, 1]})
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"only the hook realisation"):
+        internal_influence(Slice(mlp, "0"), 0, PointDoI(), (torch.randn(2, 4),))

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Literal
 import torch
 from torch import Tensor
 
-from ._points import apply, is_structured
+from ._points import Points, apply, is_structured
 
 Space = Literal["input", "slice"]
 SPACES: tuple[str, ...] = ("input", "slice")
@@ -135,14 +135,14 @@ class PopulationDoI(DistributionOfInterest):
     each: PointwiseDoI
 
     @abstractmethod
-    def anchors(self, batch_size: int) -> Iterator[Tensor]:
+    def anchors(self, batch_size: int) -> Iterator[Points]:
         """The population's points, in batches of at most ``batch_size``."""
 
     def size_hint(self) -> int | None:
         """The number of points, when known without reading the data (else ``None``)."""
         return None
 
-    def take(self, start: int, stop: int) -> Tensor | None:
+    def take(self, start: int, stop: int) -> Points | None:
         """The points ``start..stop`` of :meth:`anchors`' stream, read without the others,
         or ``None`` when the data can only be read in order (a ``DataLoader``, or labels
         that are not at hand). Processes of a distributed query use it to read their own

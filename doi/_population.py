@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ._base import PointwiseDoI, PopulationDoI
 from ._data import as_label_tensor, batches, check_data, data_size, labels_of, rows_of
+from ._points import Points, count, rows, tensors
 from ._point import PointDoI
 
 
@@ -38,10 +39,10 @@ class DatasetDoI(PopulationDoI):
         self.data = data
         self.each = _check_each(each, "DatasetDoI")
 
-    def anchors(self, batch_size: int) -> Iterator[Tensor]:
+    def anchors(self, batch_size: int) -> Iterator[Points]:
         found = 0
         for x, _ in batches(self.data, batch_size, "DatasetDoI"):
-            found += x.shape[0]
+            found += count(x)
             yield x
         if not found:
             raise ValueError("DatasetDoI: data is empty")
@@ -49,7 +50,7 @@ class DatasetDoI(PopulationDoI):
     def size_hint(self) -> int | None:
         return data_size(self.data)
 
-    def take(self, start: int, stop: int) -> Tensor | None:
+    def take(self, start: int, stop: int) -> Points | None:
         return rows_of(self.data, slice(start, stop))
 
     def __repr__(self) -> str:
@@ -76,7 +77,7 @@ class ClassDoI(PopulationDoI):
         self.each = _check_each(each, "ClassDoI")
         self._members: Tensor | None = None  # see take
 
-    def anchors(self, batch_size: int) -> Iterator[Tensor]:
+    def anchors(self, batch_size: int) -> Iterator[Points]:
         found = 0
         for x, y in batches(self.data, batch_size, "ClassDoI"):
             # the members' positions found on the host (labels usually are), so that
@@ -84,7 +85,7 @@ class ClassDoI(PopulationDoI):
             labels = as_label_tensor(y, "ClassDoI")
             members = ((labels if labels.device.type == "cpu" else labels.cpu()) == self.label).nonzero().squeeze(1)
             found += members.shape[0]
-            yield x.index_select(0, members.to(x.device, non_blocking=True))
+            yield rows(x, members.to(tensors(x)[0].device, non_blocking=True))
         if not found:
             raise ValueError(f"ClassDoI: label {self.label} does not occur in the data")
 
@@ -92,12 +93,12 @@ class ClassDoI(PopulationDoI):
         y = labels_of(self.data)
         return None if y is None else int((y == self.label).sum())
 
-    def take(self, start: int, stop: int) -> Tensor | None:
+    def take(self, start: int, stop: int) -> Points | None:
         y = labels_of(self.data)
         if y is None:
             return None
         if self._members is None:  # the positions of the class's points, found once
-            self._members = (torch.as_tensor(y) == self.label).nonzero().squeeze(1).to(self.data[0].device)
+            self._members = (torch.as_tensor(y) == self.label).nonzero().squeeze(1).to(tensors(self.data[0])[0].device)
         return rows_of(self.data, self._members[start:stop])
 
     def __repr__(self) -> str:

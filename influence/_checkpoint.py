@@ -17,6 +17,8 @@ body (``torch.save`` of plain containers and tensors, read back with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import hashlib
 import io
 import os
@@ -24,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from doi._points import Points, rows
 
 from ._files import atomic_write
 
@@ -38,10 +42,16 @@ def _update(h: Any, t: Tensor) -> None:
         h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
-def hash_rows(t: Tensor) -> str:
-    """SHA-256 of a tensor's dtype, shape and bytes."""
+def hash_rows(t: Points) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (of each tensor of a mapping or tuple,
+    with the mapping's keys)."""
     h = hashlib.sha256()
-    _update(h, t)
+    if isinstance(t, Tensor):
+        _update(h, t)
+    else:
+        for key, value in (t.items() if isinstance(t, Mapping) else enumerate(t)):
+            h.update(str(key).encode())
+            _update(h, value)
     return h.hexdigest()
 
 
@@ -67,7 +77,7 @@ def _tensors_hash(obj: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(query: Any, first: Tensor) -> dict[str, str]:
+def fingerprint(query: Any, first: Points) -> dict[str, str]:
     """What identifies a population query (``first``: the first batch of its anchors)."""
     doi = query.doi
     return {
@@ -80,7 +90,7 @@ def fingerprint(query: Any, first: Tensor) -> dict[str, str]:
         "seed": str(query.seed),
         "dtype": str(query.dtype).replace("torch.", ""),
         "device": query.device.type,
-        "data": f"{query.population.size_hint()} points, first {hash_rows(first[:1])[:16]}",
+        "data": f"{query.population.size_hint()} points, first {hash_rows(rows(first, slice(0, 1)))[:16]}",
     }
 
 

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from doi import DistributionOfInterest, LineDoI, PointwiseDoI, PopulationDoI, Rows
 from doi._points import Points, is_structured
 from doi._points import apply as points_apply
+from doi._points import cat as points_cat
 from doi._points import check as points_check
 from doi._points import count as points_count
 from doi._points import describe as points_describe
@@ -72,21 +73,21 @@ AUTO_BATCH_CPU = 64
 AUTO_BATCH_CUDA = 4096
 
 
-def _rebatch(parts: Iterator[Tensor], size: int) -> Iterator[Tensor]:
-    """Regroup a stream of tensors into batches of exactly ``size`` rows (the last may
-    be shorter)."""
-    pending: list[Tensor] = []
+def _rebatch(parts: Iterator[Points], size: int) -> Iterator[Points]:
+    """Regroup a stream of batches of points into batches of exactly ``size`` rows (the
+    last may be shorter)."""
+    pending: list[Points] = []
     count = 0
     for part in parts:
-        while part.shape[0]:
-            take = min(size - count, part.shape[0])
-            pending.append(part[:take])
-            part, count = part[take:], count + take
+        while points_count(part):
+            take = min(size - count, points_count(part))
+            pending.append(points_rows(part, slice(0, take)))
+            part, count = points_rows(part, slice(take, None)), count + take
             if count == size:
-                yield torch.cat(pending) if len(pending) > 1 else pending[0]
+                yield points_cat(pending) if len(pending) > 1 else pending[0]
                 pending, count = [], 0
     if pending:
-        yield torch.cat(pending) if len(pending) > 1 else pending[0]
+        yield points_cat(pending) if len(pending) > 1 else pending[0]
 
 
 class _Query:
@@ -622,11 +623,15 @@ class _Integrator:
         ``i`` on rank ``i mod W``), with checkpoints at chunk boundaries."""
         query, group = self.query, self.group
         assert query.population is not None
-        parts: Iterator[Tensor] = iter(query.population.anchors(self.batch_size))
-        first = next((p for p in parts if p.shape[0]), None)
+        parts: Iterator[Points] = iter(query.population.anchors(self.batch_size))
+        first = next((p for p in parts if points_count(p)), None)
         if first is None:
             raise ValueError(f"doi: {query.doi!r} has no points")
-        _check_points(first, query.slice, query.each, f"doi: the data of {query.doi!r}")
+        owner = f"doi: the data of {query.doi!r}"
+        if is_structured(first):
+            _check_structured(first, query.slice, query.each, owner)
+        else:
+            _check_points(first, query.slice, query.each, owner)
         chunk_size, unit = self._probe(first)
         hint = query.population.size_hint()
         if group is not None and hint:  # every process gets a share of a small population
@@ -635,7 +640,7 @@ class _Integrator:
             chunk_size = min(chunk_size, max(step, -(-share // step) * step))
         self._agree(chunk_size)
         self.sinks = [PopulationMoments(unit, query.device, self.track_completeness) for _ in query.qois]
-        stream: Iterator[Tensor] = itertools.chain([first], parts)
+        stream: Iterator[Points] = itertools.chain([first], parts)
         position = 0
         if query.checkpoint is not None:
             state = self._resume(first)
@@ -644,18 +649,18 @@ class _Integrator:
                 stream = _skip(stream, position, state["tail"])
                 self.progress.update(position)
             self.last_save = time.monotonic()
-        chunks: Iterator[Tensor | int] = _rebatch(stream, chunk_size)
+        chunks: Iterator[Points | int] = _rebatch(stream, chunk_size)
         if group is not None and query.checkpoint is None and hint and query.population.take(0, 1) is not None:
             chunks = self._own_chunks(query.population, hint, chunk_size, group)
-        last: Tensor | int | None = None  # the last chunk consumed by this run (raw, as read)
+        last: Points | int | None = None  # the last chunk consumed by this run (raw, as read)
         clean = True  # the sinks, `position` and `last` agree (not in the middle of an update)
         failure: Exception | None = None  # distributed: this process's error, raised by all at the end
         self.ahead = _Ahead(chunks, query.device)
         try:
             for index, raw in enumerate(self.ahead):
-                size = raw if isinstance(raw, int) else raw.shape[0]
+                size = raw if isinstance(raw, int) else points_count(raw)
                 if failure is None and (group is None or group.owns(index)):
-                    assert isinstance(raw, Tensor)
+                    assert not isinstance(raw, int)
                     try:
                         estimates, keep, gaps = self._chunk(raw, position, 0)
                     except Exception as e:
@@ -696,22 +701,23 @@ class _Integrator:
             raise ValueError(f"influence: every anchor of {query.doi!r} has non-finite QoI values or gradients; nothing to average")
 
     @staticmethod
-    def _own_chunks(population: PopulationDoI, size: int, chunk_size: int, group: Group) -> Iterator[Tensor | int]:
+    def _own_chunks(population: PopulationDoI, size: int, chunk_size: int, group: Group) -> Iterator[Points | int]:
         """The chunks of a population that can be read out of order: this process's own
         chunks read with ``population.take``, the others' as their sizes only (unread)."""
         for index, start in enumerate(range(0, size, chunk_size)):
             stop = min(size, start + chunk_size)
             if group.owns(index):
                 part = population.take(start, stop)
-                if part is None or part.shape[0] != stop - start:
-                    raise ValueError(f"doi: {population!r} gave {0 if part is None else part.shape[0]} points for {start}..{stop - 1}; its size changed")
+                got = 0 if part is None else points_count(part)
+                if part is None or got != stop - start:
+                    raise ValueError(f"doi: {population!r} gave {got} points for {start}..{stop - 1}; its size changed")
                 yield part
             else:
                 yield stop - start
 
     # --- set-up ------------------------------------------------------------------------------
 
-    def _probe(self, first: Tensor) -> tuple[int, tuple[int, ...]]:
+    def _probe(self, first: Points) -> tuple[int, tuple[int, ...]]:
         """The chunk size for inputs like ``first``, and the shape of one unit (``h`` runs
         on one point). Finds the affine prefix to use, if any, and sets up the
         accumulators: one per QoI and differentiated tensor (the cut, or the frontier)."""
@@ -769,7 +775,7 @@ class _Integrator:
                 )
         query.seed = everyone[0][0]
 
-    def _resume(self, first: Tensor) -> dict[str, Any] | None:
+    def _resume(self, first: Points) -> dict[str, Any] | None:
         """Load and check the checkpoint (on rank 0; the others learn the position from
         it), and continue its sums. ``None`` when there is none yet."""
         query, group = self.query, self.group
@@ -825,7 +831,7 @@ class _Integrator:
                 raise (ValueError if kind == "ValueError" else TypeError)(message)
             raise RuntimeError(f"distributed: process {r} failed with {kind}: {message}")
 
-    def _save(self, position: int, last: Tensor) -> None:
+    def _save(self, position: int, last: Points) -> None:
         """Save the sums after ``position`` points (the sums of all processes, written by
         rank 0, when distributed)."""
         sinks = self.sinks if self.group is None else [sink.reduce(self.group.all_reduce_sum) for sink in self.sinks]
@@ -833,22 +839,22 @@ class _Integrator:
             self._write(position, last, sinks)
         self.last_save = time.monotonic()
 
-    def _write(self, position: int, last: Tensor, sinks: list[Any]) -> None:
+    def _write(self, position: int, last: Points, sinks: list[Any]) -> None:
         assert self.query.checkpoint is not None
-        m = min(TAIL_ROWS, last.shape[0])
+        m = min(TAIL_ROWS, points_count(last))
         self.query.checkpoint.save(
             {
                 "fingerprint": self.fingerprint,
                 "seed": self.query.seed,
                 "position": position,
-                "tail": [m, hash_rows(last[-m:])],
+                "tail": [m, hash_rows(points_rows(last, slice(-m, None)))],
                 "sinks": [sink.state() for sink in sinks],
             }
         )
 
     # --- one chunk ------------------------------------------------------------------------------
 
-    def _chunk(self, x: Tensor, first_id: int, local: int) -> tuple[list[AnchorEstimates], list[Tensor | None], list[Tensor | None]]:
+    def _chunk(self, x: Points, first_id: int, local: int) -> tuple[list[AnchorEstimates], list[Tensor | None], list[Tensor | None]]:
         """Integrate the anchors ``x`` (ids ``first_id…``; ``local``: where they go in
         per-point results): their estimates per QoI, which anchors to keep (``None``:
         all) after the non-finite check, and per QoI the change ``Δq`` along each
@@ -1221,28 +1227,28 @@ def _set_layout(chunk: _Chunk, layout: torch.memory_format) -> None:
     chunk.frontier = [(put(a), put(b)) for a, b in chunk.frontier]
 
 
-def _skip(parts: Iterator[Tensor], count: int, tail: list[Any]) -> Iterator[Tensor]:
+def _skip(parts: Iterator[Points], count: int, tail: list[Any]) -> Iterator[Points]:
     """The stream of anchors without its first ``count`` points (done before a
     checkpoint), after checking that the ``m`` points before them hash as they did
     (``tail = [m, sha256]``)."""
     m, digest = int(tail[0]), str(tail[1])
     seen, window = 0, []
     for part in parts:
-        n = part.shape[0]
+        n = points_count(part)
         if seen >= count:
             yield part
             continue
         lo, hi = max(seen, count - m), min(seen + n, count)
         if lo < hi:
-            window.append(part[lo - seen : hi - seen])
+            window.append(points_rows(part, slice(lo - seen, hi - seen)))
         if seen + n >= count:
-            if hash_rows(torch.cat(window)) != digest:
+            if hash_rows(points_cat(window)) != digest:
                 raise ValueError(
                     f"checkpoint: the data differs from the checkpoint's at the point where it stopped (points {count - m}..{count - 1}); "
                     "the data must be the same and come in the same order (no shuffling). Delete the checkpoint to start afresh"
                 )
             if seen + n > count:
-                yield part[count - seen :]
+                yield points_rows(part, slice(count - seen, None))
         seen += n
     if seen < count:
         raise ValueError(f"checkpoint: the data has {seen} points, fewer than the {count} the checkpoint has done; is it the same data?")

@@ -16,7 +16,7 @@ import transformers
 from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 from torch import Tensor, nn
 
-from doi import DatasetDoI, LineDoI, NoiseDoI, PointDoI
+from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI, PointDoI
 from influence import input_influence, internal_influence
 from qoi import ClassQoI, FunctionQoI
 from slices import Slice
@@ -209,3 +209,63 @@ def test_a_mapping_of_inputs_that_cannot_work(padded: dict[str, Tensor]) -> None
     mlp = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
     with pytest.raises(ValueError, match=r"only the hook realisation"):
         internal_influence(Slice(mlp, "0"), 0, PointDoI(), (torch.randn(2, 4),))
+
+
+class SentenceDataset(torch.utils.data.Dataset):
+    """A map-style Dataset of ``({input_ids, attention_mask}, label)`` items."""
+
+    def __init__(self, encoding: dict[str, Tensor], labels: Tensor) -> None:
+        self.encoding, self.labels = encoding, labels
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Tensor], Tensor]:
+        return {k: v[i] for k, v in self.encoding.items()}, self.labels[i]
+
+
+def test_populations_of_sentences_with_masks(padded: dict[str, Tensor], tmp_path: Any) -> None:
+    """A class of sentences given as ``(mapping, labels)``, as a map-style Dataset of
+    ``(mapping, label)`` items, and through a DataLoader: the pooled result is the mean
+    of the members' pointwise results (masks and all), and a checkpointed run resumes."""
+    model = bert()
+    slc = Slice(model, "bert.embeddings.word_embeddings")
+    qoi = ClassQoI(1, output="logits")
+    labels = torch.tensor([1, 0, 1, 1])
+    line = LineDoI(slc.baseline(torch.zeros(1, LENGTH, dtype=torch.long)), steps=4, space="slice")
+    members = {k: v[labels == 1] for k, v in padded.items()}
+    want = internal_influence(slc, qoi, line, members, multiply_activation=True).values.mean(0)
+    dataset = SentenceDataset(padded, labels)
+    for data in ((padded, labels), dataset, torch.utils.data.DataLoader(dataset, batch_size=2)):
+        got = internal_influence(slc, qoi, ClassDoI(data, 1, each=line), multiply_activation=True, batch_size=3)
+        torch.testing.assert_close(got.values, want, rtol=1e-10, atol=1e-14)
+        assert got.anchors == 3
+    everything = internal_influence(slc, qoi, DatasetDoI(padded, each=line), multiply_activation=True, batch_size=4)
+    each = internal_influence(slc, qoi, line, padded, multiply_activation=True)
+    torch.testing.assert_close(everything.values, each.values.mean(0), rtol=1e-10, atol=1e-14)
+    # interrupted after its first chunk of sentences (Ctrl-C in the QoI), then resumed
+    import influence._engine as engine
+    from influence._checkpoint import Checkpoint
+
+    calls = {"left": 5}  # a chunk of two sentences: 2 batches and the two ends of their lines
+
+    def halting(out: Any) -> Tensor:
+        calls["left"] -= 1
+        if calls["left"] < 0:
+            raise KeyboardInterrupt
+        return out.logits[:, 1]
+
+    path = tmp_path / "sentences.ckpt"
+    saved_chunk = engine._MAX_CHUNK
+    engine._MAX_CHUNK = 2
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            internal_influence(slc, FunctionQoI(halting), DatasetDoI(padded, each=line), multiply_activation=True, batch_size=4, checkpoint=path)
+        position = Checkpoint(path, 0).load()["position"]  # type: ignore[index]
+        assert position == 2  # the first chunk of two sentences was kept
+        calls["left"] = 10**6
+        resumed = internal_influence(slc, FunctionQoI(halting), DatasetDoI(padded, each=line), multiply_activation=True, batch_size=4, checkpoint=path)
+        whole = internal_influence(slc, FunctionQoI(halting), DatasetDoI(padded, each=line), multiply_activation=True, batch_size=4)
+    finally:
+        engine._MAX_CHUNK = saved_chunk
+    torch.testing.assert_close(resumed.values, whole.values, rtol=1e-12, atol=1e-15)

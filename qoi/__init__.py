@@ -2,6 +2,7 @@
 
 from ._base import FunctionQoI, LinearQoI, QoIContext, QuantityOfInterest, as_qoi
 from ._class import ClassQoI, ComparativeQoI, MaxClassQoI
+from ._language import ContinuationQoI, NextTokenQoI
 from ._neuron import NeuronQoI
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "ComparativeQoI",
     "NeuronQoI",
     "MaxClassQoI",
+    "NextTokenQoI",
+    "ContinuationQoI",
     "LinearQoI",
     "FunctionQoI",
     "as_qoi",

@@ -37,11 +37,15 @@ def apply(points: Points, fn: Callable[[Tensor], Tensor]) -> Points:
 
 def count(points: Points) -> int:
     """How many points: the shared first dimension."""
+    if isinstance(points, Tensor):
+        return points.shape[0]
     return tensors(points)[0].shape[0]
 
 
 def rows(points: Points, index: slice | Tensor) -> Points:
     """The points ``index`` (a slice or a tensor of positions) of every tensor."""
+    if isinstance(points, Tensor):
+        return points[index]
     return apply(points, lambda t: t[index])
 
 

@@ -863,7 +863,8 @@ class _Integrator:
         # the host, where it would be read before it has arrived)
         x = self._to_device(x)
         with _Fitting(self.query, x) if self.first_batch else contextlib.nullcontext():
-            chunk = self._prepare(points_apply(x, lambda t: t.clone() if t.is_inference() else t), first_id, local)
+            owned = (x.clone() if x.is_inference() else x) if isinstance(x, Tensor) else points_apply(x, lambda t: t.clone() if t.is_inference() else t)
+            chunk = self._prepare(owned, first_id, local)
         self._integrate(chunk)
         estimates = [self._finish(accs, chunk) for accs in self.accumulators]
         gaps: list[Tensor | None] = list(self._line_changes(chunk).unbind(1)) if self.track_completeness else [None] * len(estimates)
@@ -1099,6 +1100,8 @@ class _Integrator:
         from memory pinned by _Ahead without holding up the host (never towards the host,
         where the copy would be read before it has arrived)."""
         device, dtype, non_blocking = self.query.device, self.query.dtype, self.query.device.type == "cuda"
+        if isinstance(x, Tensor):
+            return x.to(device=device, dtype=dtype if x.is_floating_point() else None, non_blocking=non_blocking)
         return points_apply(x, lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else None, non_blocking=non_blocking))
 
     def _own(self, x: Points) -> Points:

@@ -69,6 +69,16 @@ class InfluenceResult:
         """``values`` as a NumPy array."""
         return self.values.numpy()
 
+    def token_attributions(self) -> Tensor:
+        """One value per token of a result at an embedding slice (units ``(L, D)``: ``L``
+        tokens of ``D`` features): ``values`` summed over the features, ``(N, L)`` (``(L,)``
+        pooled). With ``multiply_activation`` along a line, a sentence's token values sum
+        to its ``Δq`` up to ``completeness``."""
+        unit = self.unit_shape
+        if len(unit) != 2:
+            raise ValueError(f"token_attributions: needs units of shape (tokens, features), as at an embedding layer (got {unit})")
+        return self.values.sum(-1)
+
     def top(
         self,
         k: int = 10,

@@ -269,3 +269,20 @@ def test_populations_of_sentences_with_masks(padded: dict[str, Tensor], tmp_path
     finally:
         engine._MAX_CHUNK = saved_chunk
     torch.testing.assert_close(resumed.values, whole.values, rtol=1e-12, atol=1e-15)
+
+
+def test_token_attributions_sum_to_each_sentences_change(padded: dict[str, Tensor]) -> None:
+    """``result.token_attributions()``: one value per token, summing per sentence to Δq
+    (the completeness the result reports), zero at padding; refused for other units."""
+    model = bert()
+    slc = Slice(model, "bert.embeddings.word_embeddings")
+    qoi = ClassQoI(1, output="logits")
+    pad_ids = {"input_ids": torch.zeros_like(padded["input_ids"]), "attention_mask": padded["attention_mask"]}
+    result = internal_influence(slc, qoi, LineDoI(slc.baseline(pad_ids), steps=16, space="slice"), padded, multiply_activation=True)
+    tokens = result.token_attributions()
+    assert tokens.shape == (4, LENGTH) and bool((tokens[padded["attention_mask"] == 0] == 0).all())
+    with torch.no_grad():
+        change = model(**padded).logits[:, 1] - model(**pad_ids).logits[:, 1]
+    torch.testing.assert_close(tokens.sum(1), change, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="token_attributions: needs units of shape"):
+        internal_influence(Slice(nn.Sequential(nn.Linear(3, 2)), None), 0, PointDoI(), torch.randn(2, 3)).token_attributions()

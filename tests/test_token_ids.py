@@ -286,3 +286,29 @@ def test_token_attributions_sum_to_each_sentences_change(padded: dict[str, Tenso
     torch.testing.assert_close(tokens.sum(1), change, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="token_attributions: needs units of shape"):
         internal_influence(Slice(nn.Sequential(nn.Linear(3, 2)), None), 0, PointDoI(), torch.randn(2, 3)).token_attributions()
+
+
+def test_token_heatmaps(padded: dict[str, Tensor]) -> None:
+    """One heatmap per sentence: padding dropped, tokens HTML-escaped, the largest value
+    full red and the most negative full blue of the sentence's symmetric scale, zero
+    white; ``top`` ranks by |value|; a notebook shows the HTML."""
+    from influence.text import TokenHeatmap, token_heatmaps
+
+    model = bert()
+    slc = Slice(model, "bert.embeddings.word_embeddings")
+    result = internal_influence(slc, ClassQoI(1, output="logits"), PointDoI(), padded, multiply_activation=True)
+    words = [[f"<t{j}>" for j in range(LENGTH)] for _ in range(4)]
+    maps = token_heatmaps(result, words, padded["attention_mask"])
+    assert [len(m.tokens) for m in maps] == padded["attention_mask"].sum(1).tolist()
+    values = result.token_attributions()
+    first = maps[0]
+    assert first.values == tuple(values[0, :5].tolist())
+    assert "&lt;t0&gt;" in first.html() and "<t0>" not in first.html() and first._repr_html_() == first.html()
+    top = first.top(2)
+    assert [abs(v) for _, _, v in top] == sorted((abs(v) for v in first.values), reverse=True)[:2]
+    made = TokenHeatmap(("a", "b", "c"), (2.0, -1.0, 0.0)).html()
+    assert "rgb(255, 0, 0)" in made and "rgb(128, 128, 255)" in made and "rgb(255, 255, 255)" in made
+    with pytest.raises(ValueError, match="tokens must be 4 sentences of 7 tokens"):
+        token_heatmaps(result, words[:2])
+    with pytest.raises(ValueError, match=r"mask must have shape \(4, 7\)"):
+        token_heatmaps(result, words, padded["attention_mask"][:, :3])

@@ -438,18 +438,23 @@ def _check_points(x: Tensor, slice: Slice, each: Any, owner: str) -> None:
         return
     if x.is_complex() or x.dtype == torch.bool:
         raise TypeError(f"{owner}: expected floating-point points, or integer token ids (got {x.dtype})")
-    embeddings = [name for name, m in (slice.model.named_modules() if slice.model is not None else []) if isinstance(m, nn.Embedding)]
-    where = f"Slice(model, {embeddings[0]!r})" if embeddings else "a Slice at the layer that embeds them"
     if slice.is_input:
         raise TypeError(
-            f"{owner}: {x.dtype} points (token ids?) have no gradient; explain them at their embedding: {where}, "
+            f"{owner}: {x.dtype} points (token ids?) have no gradient; explain them at their embedding: {_embedding_slice(slice)}, "
             "with PointDoI, or LineDoI/NoiseDoI(space='slice')"
         )
     if each.space == "input" and each.samples > 1:
         raise ValueError(
             f"{owner}: a {type(each).__name__} in input space would draw points between {x.dtype} token ids; "
-            f"draw them at the slice instead: {type(each).__name__}(..., space='slice') with {where}"
+            f"draw them at the slice instead: {type(each).__name__}(..., space='slice') with {_embedding_slice(slice)}"
         )
+
+
+def _embedding_slice(slice: Slice) -> str:
+    """The slice to suggest for token ids: at the model's first embedding layer."""
+    model = slice.model
+    name = next((n for n, m in model.named_modules() if isinstance(m, nn.Embedding)), None) if model is not None else None
+    return f"Slice(model, {name!r})" if name is not None else "a Slice at the layer that embeds them"
 
 
 class _Ahead:

@@ -370,8 +370,9 @@ class PopulationMoments:
         sums to it: with ``e = s − c``, ``Σ(m − c) = Σd + n e`` and
         ``Σ(m − c)² = Σd² + 2 e Σd + n e²``."""
         n = float(self.count)
-        change = 0.0 if self.change is None else float(self.change)
-        head = torch.tensor([self.count, self.skipped, change], dtype=torch.float64, device=self.sums[0].device)
+        device = self.sums[0].device
+        change = torch.zeros(1, dtype=torch.float64, device=device) if self.change is None else self.change.reshape(1)
+        head = torch.cat([torch.tensor([self.count, self.skipped], dtype=torch.float64, device=device), change])
         flat = all_reduce_sum(torch.cat([head, *((n * s).flatten() for s in self.shifts)]))
         count, skipped, flat_change = int(flat[0]), int(flat[1]), flat[2]
         common = [c / max(count, 1) for c in _unflatten(flat[3:], self.shifts)]

@@ -1,6 +1,8 @@
 """Labelled data in memory, as the workflows (contrast, audit, essence, demo) take it:
 a pair of tensors ``(x, y)`` or a mapping with keys ``"x"`` and ``"y"`` (what
-:func:`influence.synthetic.glyph_images` returns)."""
+:func:`influence.synthetic.glyph_images` returns). Workflows that also take text accept
+``(inputs, y)`` with ``inputs`` token ids, or a mapping or tuple of tensors (a
+tokenizer's output) given to the model as ``model(**inputs)`` (:func:`labelled_points`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from doi._points import Points, check as check_points, count, is_structured
 
 
 ACCEPTED = "a pair of tensors (x, y) or a mapping with keys 'x' and 'y'"
@@ -28,6 +32,31 @@ def labelled(data: Any, owner: str) -> tuple[Tensor, Tensor]:
         raise TypeError(f"{owner}: x must be floating point (got {x.dtype})")
     if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
         raise ValueError(f"{owner}: y must be integer labels of shape ({x.shape[0]},) (got {y.dtype} {tuple(y.shape)})")
+    return x, y
+
+
+def labelled_points(data: Any, owner: str) -> tuple[Points, Tensor]:
+    """``(inputs, y)`` from ``data``: ``inputs`` a tensor ``(N, ...)`` (floating, or
+    integer token ids) or a mapping or tuple of tensors sharing ``N``; ``y`` integer
+    ``(N,)``. A mapping with keys ``"x"`` and ``"y"`` is read as ``(x, y)``."""
+    if isinstance(data, Mapping) and "x" in data and "y" in data:
+        data = (data["x"], data["y"])
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], Tensor)):
+        raise TypeError(f"{owner}: data must be (inputs, labels): inputs a tensor, or a mapping or tuple of tensors (got {type(data).__name__})")
+    x, y = data
+    if isinstance(x, list):
+        x = tuple(x)
+    if is_structured(x):
+        check_points(x, f"{owner}: data's inputs")
+    elif not isinstance(x, Tensor):
+        raise TypeError(f"{owner}: data's inputs must be a tensor, or a mapping or tuple of tensors (got {type(x).__name__})")
+    elif x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"{owner}: inputs must be a non-empty batch (N, ...) (got shape {tuple(x.shape)})")
+    n = count(x)
+    if n == 0:
+        raise ValueError(f"{owner}: data's inputs hold no points")
+    if y.ndim != 1 or y.shape[0] != n or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"{owner}: labels must be integers of shape ({n},) (got {y.dtype} {tuple(y.shape)})")
     return x, y
 
 

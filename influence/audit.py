@@ -120,6 +120,7 @@ class AuditResult:
     positive: Tensor
     absolute: Tensor
     index: Tensor
+    area: str = "area"  # what the region's size is measured in ("area": pixels, "tokens")
 
     @property
     def flagged(self) -> tuple[int, ...]:
@@ -138,6 +139,7 @@ class AuditResult:
             "attribution": self.attribution,
             "factor": self.factor,
             "flag_on": self.flag_on,
+            "area": self.area,
             "flagged": list(self.flagged),
             "rows": [
                 {
@@ -160,9 +162,9 @@ class AuditResult:
 
     def to_table(self) -> str:
         lines = [
-            f"audit of region {self.region}; flag: {self.flag_on} share > {self.factor:g} x area share",
-            f"  shares of the {self.attribution} inside the region, per class (mean ± stderr over its images)",
-            f"{'class':>5} {'n':>4}  {'positive share':>16}  {'|attribution| share':>19}  {'area':>6}  {'ratio':>6}  flag",
+            f"audit of region {self.region}; flag: {self.flag_on} share > {self.factor:g} x {self.area} share",
+            f"  shares of the {self.attribution} inside the region, per class (mean ± stderr over its {'images' if self.area == 'area' else 'sentences'})",
+            f"{'class':>5} {'n':>4}  {'positive share':>16}  {'|attribution| share':>19}  {self.area[:6]:>6}  {'ratio':>6}  flag",
         ]
         for r in self.rows:
             lines.append(
@@ -193,6 +195,25 @@ def _mean_stderr(v: Tensor) -> tuple[float, float]:
     n = v.shape[0]
     mean = float(v.mean())
     return mean, float(v.std(correction=1) / n**0.5) if n > 1 else 0.0
+
+
+def audit_row(label: int, a: Tensor, m: Tensor, valid: Tensor | None, factor: float, flag_on: str) -> tuple[AuditRow, Tensor, Tensor]:
+    """One class's row from its points' attribution maps ``a`` and regions ``m`` (same
+    shape ``(n, ...)``), and the per-point positive and absolute shares. ``valid`` (the
+    same shape, or ``None`` for all) marks the places that count for the area share
+    (not padding)."""
+    plus, mag = a.clamp_min(0), a.abs()
+    tiny = torch.finfo(torch.float64).tiny
+    s_pos = (plus * m).flatten(1).sum(1) / plus.flatten(1).sum(1).clamp_min(tiny)
+    s_abs = (mag * m).flatten(1).sum(1) / mag.flatten(1).sum(1).clamp_min(tiny)
+    if valid is None:
+        area = m.flatten(1).double().mean(1)
+    else:
+        area = (m & valid).flatten(1).double().sum(1) / valid.flatten(1).double().sum(1).clamp_min(1)
+    (p_mean, p_err), (a_mean, a_err) = _mean_stderr(s_pos), _mean_stderr(s_abs)
+    area_mean = float(area.mean())
+    share = p_mean if flag_on == "positive" else a_mean
+    return AuditRow(label, int(a.shape[0]), p_mean, p_err, a_mean, a_err, area_mean, share > factor * area_mean), s_pos, s_abs
 
 
 def audit(
@@ -250,15 +271,8 @@ def audit(
         description = description or _describe_attribution(each, multiply_activation)
         a = pixel_maps(result.values, x.ndim)
         m = masks_all[where]
-        plus, mag = a.clamp_min(0), a.abs()
-        tiny = torch.finfo(torch.float64).tiny
-        s_pos = (plus * m).flatten(1).sum(1) / plus.flatten(1).sum(1).clamp_min(tiny)
-        s_abs = (mag * m).flatten(1).sum(1) / mag.flatten(1).sum(1).clamp_min(tiny)
-        area = m.flatten(1).double().mean(1)
-        (p_mean, p_err), (a_mean, a_err) = _mean_stderr(s_pos), _mean_stderr(s_abs)
-        area_mean = float(area.mean())
-        share = p_mean if flag_on == "positive" else a_mean
-        rows.append(AuditRow(c, int(where.numel()), p_mean, p_err, a_mean, a_err, area_mean, share > factor * area_mean))
+        row, s_pos, s_abs = audit_row(c, a, m, None, factor, flag_on)
+        rows.append(row)
         maps.append(a)
         masks.append(m)
         ys.append(y[where])

@@ -11,7 +11,13 @@ per-point quantity (see :mod:`influence._rankings`):
 * ``"contrast"``: ``(h_u(x) − μ_u) · ∫₀¹ ∂q/∂z_u(μ + α(h(x) − μ)) dα`` with ``μ`` the mean
   activation of class ``b``: the unit's share of ``q(x) − q(g(μ))``.
 
-Channels add their units. An entry is *separated* from zero when
+Channels add their units (dimension 0 of the unit, e.g. a convolution's channels); for
+a transformer layer, units ``(positions, features)``, *features* add theirs over the
+positions (``by="feature"``: one hidden neuron pooled over the tokens; padding positions
+contribute exactly zero when the model masks them). Data may be images ``(x, y)`` or
+text: ``(inputs, y)`` with ``inputs`` token ids or a tokenizer's mapping
+(``{"input_ids", "attention_mask", ...}``, the model called as ``model(**inputs)``).
+An entry is *separated* from zero when
 ``|χ_u| > threshold · stderr_u`` (3 standard errors by default): its sign is not an
 accident of the sample. (After a cut followed only by linear layers the influence is the
 same for every input, so its standard error is zero and every nonzero entry is
@@ -26,11 +32,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from doi._base import check_positive_int as check_int
+from doi._points import rows
 from qoi import ComparativeQoI
 from slices import Slice
 
-from ._labelled import check_choice, class_list, labelled
-from ._rankings import RANKINGS, comparison_mean, rank_units
+from ._labelled import check_choice, class_list, labelled_points
+from ._rankings import RANKINGS, comparison_mean, rank_features, rank_units
 from .result import InfluenceResult
 
 __all__ = ["NeuronEntry", "TopNeurons", "top_neurons"]
@@ -106,7 +113,7 @@ class TopNeurons:
         return json.dumps(self.to_dict(), indent=indent)
 
     def to_table(self) -> str:
-        what = "channel" if self.by == "channel" else "unit"
+        what = {"channel": "channel", "feature": "feature"}.get(self.by, "unit")
         over = " ∪ ".join(f"class {c}" for c in self.population)
         lines = [
             f"top {len(self.entries)} {what}s of {self.layer or 'the input'!s} for f_{self.a} - f_{self.b} by {self.ranking}, "
@@ -128,7 +135,7 @@ def top_neurons(
     *,
     k: int = 10,
     over: int | Sequence[int] | None = None,
-    by: Literal["unit", "channel"] = "channel",
+    by: Literal["unit", "channel", "feature"] = "channel",
     ranking: str = "influence",
     steps: int = 16,
     absolute: bool = False,
@@ -141,10 +148,13 @@ def top_neurons(
 
     Args:
         slice: where the units are (``Slice(model, "layer")``).
-        data: labelled points, ``(x, y)`` or ``{"x": ..., "y": ...}``.
+        data: labelled points, ``(x, y)`` or ``{"x": ..., "y": ...}``; for text
+            ``(inputs, y)`` with ``inputs`` token ids or a mapping of tensors.
         a, b: the classes compared; the quantity is ``ComparativeQoI(a, b)``.
         over: the population: a class or a list of classes (their union). Default: ``a``.
-        by: rank single units, or channels (dimension 0 of the unit; their units summed).
+        by: rank single units, channels (dimension 0 of the unit; their units summed)
+            or features (the last dimension, summed over the others: a transformer
+            neuron pooled over the token positions).
         ranking: ``"influence"``, ``"gradient_x_activation"`` or ``"contrast"`` (see
             the module docstring); ``steps``: quadrature nodes of the contrast's line.
         absolute: rank by ``|value|`` (default: by value, most in favour of ``a`` first).
@@ -154,21 +164,25 @@ def top_neurons(
         :class:`TopNeurons` with ``entries`` (rank, index, value, stderr, separated).
     """
     owner = "top_neurons"
-    x, y = labelled(data, owner)
+    x, y = labelled_points(data, owner)
     k = check_int(k, "k", owner)
-    check_choice(by, "by", owner, ("unit", "channel"))
+    check_choice(by, "by", owner, ("unit", "channel", "feature"))
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
         raise ValueError(f"{owner}: threshold must be a number >= 0 (got {threshold!r})")
     check_choice(ranking, "ranking", owner, RANKINGS)
     population = class_list(a if over is None else over, y, "over", owner)
     class_list(b, y, "b", owner)
     qoi = ComparativeQoI(a, b)
-    baseline = comparison_mean(slice, x[y == b], batch_size) if ranking == "contrast" else None
-    result = rank_units(ranking, slice, qoi, x, y, population, baseline=baseline, steps=steps, batch_size=batch_size, seed=seed)
-    if by == "channel" and len(result.unit_shape) < 2:
-        by = "unit"  # a 1-D layer: channels are units
-    ranked = result.top(k, by=by, absolute=absolute)
-    entries = tuple(
-        NeuronEntry(i, r.index, r.value, r.stderr, abs(r.value) > threshold * r.stderr) for i, r in enumerate(ranked, 1)
-    )
+    baseline = comparison_mean(slice, rows(x, (y == b).nonzero().squeeze(1)), batch_size) if ranking == "contrast" else None
+    options: dict[str, Any] = dict(baseline=baseline, steps=steps, batch_size=batch_size, seed=seed)
+    if by == "feature":
+        result, scores, errors = rank_features(ranking, slice, qoi, x, y, population, **options)
+        order = (scores.abs() if absolute else scores).argsort(descending=True, stable=True)[:k].tolist()
+        ranked = [(int(f), float(scores[f]), float(errors[f])) for f in order]
+    else:
+        result = rank_units(ranking, slice, qoi, x, y, population, **options)
+        if by == "channel" and len(result.unit_shape) < 2:
+            by = "unit"  # a 1-D layer: channels are units
+        ranked = [(r.index, r.value, r.stderr) for r in result.top(k, by=by, absolute=absolute)]
+    entries = tuple(NeuronEntry(i, index, v, e, abs(v) > threshold * e) for i, (index, v, e) in enumerate(ranked, 1))
     return TopNeurons(a, b, slice.layer, by, ranking, population, float(threshold), entries, result)

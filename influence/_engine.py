@@ -56,6 +56,7 @@ from doi._points import tensors as points_tensors
 from qoi import QoIContext, QuantityOfInterest, as_qoi
 from slices import Slice
 from slices._affine import AffinePrefix
+from slices._slice import raised_by_a_model
 
 from . import _distributed
 from ._checkpoint import TAIL_ROWS, Checkpoint, fingerprint, hash_rows
@@ -507,10 +508,11 @@ def _versions(x: Points) -> tuple[int, ...]:
 
 
 class _Fitting:
-    """Until the model has run once, an error of torch's in the model's forward pass (a
-    shape that does not fit a layer, a wrong dtype) is the data's fault: it is raised as
-    a ``ValueError`` that names the data and the shape of one point. (Errors of a QoI
-    are left as they are.)"""
+    """Until the model has run once, an error in the model's forward pass (torch's: a
+    shape that does not fit a layer, a wrong dtype; or the model's own ``ValueError`` or
+    ``TypeError`` about its arguments) is the data's fault: it is raised as a
+    ``ValueError`` that names the data and the shape of one point. (Errors of a QoI and
+    of this library are left as they are.)"""
 
     def __init__(self, query: _Query, x: Points) -> None:
         self.query, self.x = query, x
@@ -519,13 +521,16 @@ class _Fitting:
         return None
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
-        if kind is None or not issubclass(kind, RuntimeError) or issubclass(kind, torch.cuda.OutOfMemoryError):
+        if kind is None or issubclass(kind, torch.cuda.OutOfMemoryError):
+            return
+        if not issubclass(kind, RuntimeError) and not (issubclass(kind, (ValueError, TypeError)) and raised_by_a_model(traceback)):
             return
         owner = f"doi: the data of {self.query.doi!r}" if self.query.population is not None else "inputs"
         first = (str(error).strip().splitlines() or [""])[0]
+        what = "keys, shapes and dtypes" if is_structured(self.x) else "shape (and layout)"
         raise ValueError(
             f"{owner}: the model fails on points of shape {points_describe(self.x)} ({kind.__name__}: {first}); "
-            "check that the points have the shape (and layout) the model takes"
+            f"check that the points have the {what} the model takes"
         ) from None
 
 

@@ -24,6 +24,7 @@ image, ``lambda x: x.amax(1) < 0.5``).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence, Union
 
@@ -150,7 +151,7 @@ class AuditResult:
                     "absolute_share": r.absolute_share,
                     "absolute_stderr": r.absolute_stderr,
                     "area_share": r.area_share,
-                    "ratio": r.ratio,
+                    "ratio": r.ratio if math.isfinite(r.ratio) else None,  # None: the region has no area
                     "flagged": r.flagged,
                 }
                 for r in self.rows

@@ -18,6 +18,8 @@ negative) with limits symmetric around zero, so white is exactly zero.
 * :func:`curves_figure` — deletion and insertion curves against random order.
 * :func:`essence_figure` — top-k AUC per ranking against random units.
 * :func:`contrast_figure` — the top neurons of a contrast with their error bars.
+* :func:`token_heatmap_figure` — sentences, each token in a box coloured by its attribution
+  (written straight to a PNG).
 
 The ``*_arrays`` helpers turn the workflows' results into those arguments, e.g.
 ``plot_audit_bars("audit.png", **audit_arrays({"cued": cued, "control": control}))`` or
@@ -54,6 +56,7 @@ __all__ = [
     "audit_arrays",
     "essence_arrays",
     "curves_arrays",
+    "token_heatmap_figure",
 ]
 
 DIVERGING = "RdBu_r"
@@ -472,3 +475,104 @@ def curves_arrays(curves: Any, name: str = "attribution order") -> dict[str, Any
         "insertion": {name: curves.insertion.mean(0), "random order": curves.random_insertion.mean(0)},
         "ylabel": f"{curves.score} of the class",
     }
+
+
+# --- token heatmaps (text) ------------------------------------------------------------------
+
+_TOKEN_FONT = 10  # points; monospace, so a token's width in pixels follows from its length
+_TOKEN_CHAR = _TOKEN_FONT * _DPI / 72 * 0.602  # DejaVu Sans Mono advances 0.602 em per character
+_TOKEN_PAD = 4  # pixels either side of a token's text inside its box
+_TOKEN_GAP = 4  # pixels between boxes
+_TOKEN_BOX = 20  # box height in pixels
+_TOKEN_LINE = 25  # pixels from one line of boxes to the next
+_TOKEN_TITLE = 17  # pixels for a sentence's title
+_TOKEN_SPACE = 10  # pixels between sentences
+_TOKEN_MARGIN = 10
+_TOKEN_WIDTH = 1000  # the widest line of boxes, in pixels, before a sentence wraps
+
+
+def _token_rgb(value: float, limit: float) -> tuple[float, float, float]:
+    """The colour of a token box, RGB in [0, 1]: the scale of :meth:`influence.text.TokenHeatmap.html`
+    (white at 0, full red at ``+limit``, full blue at ``-limit``, linear in between,
+    clipped beyond)."""
+    t = 0.0 if limit == 0 else max(-1.0, min(1.0, float(value) / limit))
+    fade = round(255 * (1 - abs(t))) / 255
+    return (1.0, fade, fade) if t > 0 else (fade, fade, 1.0) if t < 0 else (1.0, 1.0, 1.0)
+
+
+def _token_layout(heatmaps: Sequence[Any], titles: Sequence[str] | None, per_row: int | None) -> tuple[int, int, list[dict[str, Any]]]:
+    """Where everything goes, in pixels from the top left: ``(width, height, items)``;
+    each item is ``{"kind": "title", "x", "y", "text"}`` or ``{"kind": "token", "x", "y",
+    "w", "h", "text", "value", "colour", "sentence", "position"}`` (a box: top left, size)."""
+    if per_row is not None and (isinstance(per_row, bool) or not isinstance(per_row, int) or per_row < 1):
+        raise ValueError(f"plots: per_row must be a positive int or None (got {per_row!r})")
+    if titles is not None and len(titles) != len(heatmaps):
+        raise ValueError(f"plots: {len(titles)} titles for {len(heatmaps)} heatmaps")
+    items: list[dict[str, Any]] = []
+    y = _TOKEN_MARGIN
+    widest = 0.0
+    for s, heat in enumerate(heatmaps):
+        tokens, values = tuple(heat.tokens), tuple(float(v) for v in heat.values)
+        if len(tokens) != len(values):
+            raise ValueError(f"plots: heatmap {s} has {len(tokens)} tokens and {len(values)} values")
+        limit = max((abs(v) for v in values), default=0.0)
+        if titles is not None:
+            items.append({"kind": "title", "x": _TOKEN_MARGIN, "y": y, "text": str(titles[s])})
+            widest = max(widest, len(str(titles[s])) * _TOKEN_CHAR * 0.9)
+            y += _TOKEN_TITLE
+        x, on_line = 0.0, 0
+        for p, (tok, v) in enumerate(zip(tokens, values)):
+            w = max(1, len(str(tok))) * _TOKEN_CHAR + 2 * _TOKEN_PAD
+            if on_line and ((per_row is not None and on_line >= per_row) or (per_row is None and x + w > _TOKEN_WIDTH)):
+                x, on_line = 0.0, 0
+                y += _TOKEN_LINE
+            items.append({"kind": "token", "x": _TOKEN_MARGIN + x, "y": y, "w": w, "h": _TOKEN_BOX, "text": str(tok), "value": v,
+                          "colour": _token_rgb(v, limit), "sentence": s, "position": p})
+            x += w + _TOKEN_GAP
+            on_line += 1
+            widest = max(widest, x - _TOKEN_GAP)
+        y += _TOKEN_LINE + _TOKEN_SPACE
+    width = int(np.ceil(max(widest, 200.0))) + 2 * _TOKEN_MARGIN
+    height = max(int(np.ceil(y - _TOKEN_SPACE + _TOKEN_MARGIN - (_TOKEN_LINE - _TOKEN_BOX))), 40)
+    return width, height, items
+
+
+def token_heatmap_figure(
+    heatmaps: Sequence[Any],
+    path: str | os.PathLike[str],
+    *,
+    titles: Sequence[str] | None = None,
+    per_row: int | None = None,
+) -> Path:
+    """Sentences as PNG token heatmaps: each :class:`~influence.text.TokenHeatmap`
+    (``tokens``, ``values``, padding already dropped) is a line of boxes, one per token,
+    coloured on the scale of :meth:`TokenHeatmap.html <influence.text.TokenHeatmap.html>`:
+    diverging and symmetric per sentence (red positive, blue negative, white exactly
+    zero, full colour at the sentence's largest ``|value|``). A long sentence wraps
+    (after ``per_row`` tokens, or when the line reaches 1000 pixels); ``titles`` (one
+    per sentence) go above the sentences. Written to ``path`` (a PNG) without pyplot;
+    returns the path.
+    """
+    _, Figure, FigureCanvasAgg = _matplotlib()
+    from matplotlib.patches import Rectangle
+
+    heatmaps = list(heatmaps)
+    if not heatmaps:
+        raise ValueError("plots: token_heatmap_figure needs at least one heatmap")
+    width, height, items = _token_layout(heatmaps, None if titles is None else list(titles), per_row)
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)  # pixels, from the top left
+    ax.set_axis_off()
+    for it in items:
+        if it["kind"] == "title":
+            ax.text(it["x"], it["y"] + 2, it["text"], fontsize=8, va="top", ha="left", color="#333333")
+            continue
+        box = Rectangle((it["x"], it["y"]), it["w"], it["h"], facecolor=it["colour"], edgecolor="#cccccc", linewidth=0.6)
+        box.set_label(f"token {it['sentence']}:{it['position']}")
+        ax.add_patch(box)
+        ax.text(it["x"] + it["w"] / 2, it["y"] + it["h"] / 2, it["text"], fontsize=_TOKEN_FONT, family="DejaVu Sans Mono",
+                ha="center", va="center_baseline", color="white" if min(it["colour"]) < 0.4 else "black")
+    return _save(fig, path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import copy
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
@@ -22,6 +23,21 @@ from ._realisations import FunctionSplit, GraphSplit, HookSplit, SequentialSplit
 
 Realisation = Literal["auto", "sequential", "graph", "hook"]
 _REALISATIONS = ("auto", "sequential", "graph", "hook")
+
+
+_OURS = tuple(str(Path(__file__).resolve().parent.parent / name) for name in ("influence", "slices", "doi", "qoi"))
+
+
+def raised_by_a_model(traceback: Any) -> bool:
+    """Was an error raised inside a module's forward pass, by code that is not this
+    library's (a model's own check of its arguments, e.g. a Hugging Face model given no
+    ``input_ids``)?"""
+    frames = []
+    while traceback is not None:
+        frames.append(traceback.tb_frame.f_code)
+        traceback = traceback.tb_next
+    in_module = any(code.co_name in ("_call_impl", "_wrapped_call_impl") for code in frames)
+    return in_module and not frames[-1].co_filename.startswith(_OURS)
 
 
 class Slice:
@@ -133,6 +149,11 @@ class Slice:
                 m.training = False
             with torch.no_grad():
                 return self.h(x)
+        except (RuntimeError, ValueError, TypeError) as e:
+            if isinstance(e, RuntimeError) or raised_by_a_model(e.__traceback__):
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise ValueError(f"Slice.baseline: the model fails on these inputs ({type(e).__name__}: {first}); give baseline inputs as the model takes them") from None
+            raise
         finally:
             for m, mode in modes:
                 m.training = mode

@@ -198,3 +198,49 @@ def test_no_global_pyplot_state(arrays: dict[str, torch.Tensor]) -> None:
     fig = plots.heatmaps_figure(arrays["images"], arrays["maps"])
     assert type(fig.canvas).__name__ == "FigureCanvasAgg"
     assert "matplotlib.pyplot" not in sys.modules or not hasattr(plots, "plt")
+
+
+def test_token_heatmap_png(tmp_path: Path) -> None:
+    """Token heatmaps as a PNG: one box per token, red for positive, blue for negative, white
+    for zero (the scale of ``TokenHeatmap.html``, per sentence), read back from the pixels
+    inside each box; long sentences wrap; titles and ``per_row`` are checked."""
+    from influence.text import TokenHeatmap, _colour
+
+    short = TokenHeatmap(("[CLS]", "good", "zq", "bad", "the", "[SEP]"), (0.0, 0.5, 2.0, -2.0, 0.0, -1.0))
+    long = TokenHeatmap(tuple(f"word{i}" for i in range(80)), tuple(float(i % 5 - 2) for i in range(80)))
+    path = plots.token_heatmap_figure([short, long], tmp_path / "tokens.png", titles=["short", "long"])
+    png = read_png(path)[..., :3]
+    width, height, items = plots._token_layout([short, long], ["short", "long"], None)
+    assert png.shape[:2] == (height, width) and 300 < width <= 1100 and 60 < height < 400
+    boxes = [it for it in items if it["kind"] == "token"]
+    assert len(boxes) == 6 + 80
+    assert len({it["y"] for it in boxes if it["sentence"] == 1}) > 1  # the long sentence wraps
+    assert max(it["x"] + it["w"] for it in boxes) < width
+
+    def box_colour(it: dict) -> np.ndarray:
+        """The most common colour inside a box (its fill; the token's glyphs are thin)."""
+        inner = png[int(it["y"]) + 3 : int(it["y"] + it["h"]) - 2, int(it["x"]) + 3 : int(it["x"] + it["w"]) - 2].reshape(-1, 3)
+        colours, counts = np.unique(np.round(inner * 255).astype(int), axis=0, return_counts=True)
+        return colours[counts.argmax()] / 255
+
+    first = [it for it in boxes if it["sentence"] == 0]
+    np.testing.assert_allclose(box_colour(first[2]), (1, 0, 0), atol=0.01)  # the largest positive: full red
+    np.testing.assert_allclose(box_colour(first[3]), (0, 0, 1), atol=0.01)  # the most negative: full blue
+    np.testing.assert_allclose(box_colour(first[4]), (1, 1, 1), atol=0.01)  # zero: white
+    np.testing.assert_allclose(box_colour(first[1]), (1, 0.75, 0.75), atol=0.01)  # a quarter of the limit: pale red
+    np.testing.assert_allclose(box_colour(first[5]), (0.5, 0.5, 1), atol=0.01)  # half the limit, negative: mid blue
+    for it in first:  # the same scale as the HTML rendering
+        r, g, b = (round(255 * c) for c in box_colour(it))
+        assert plots._token_rgb(it["value"], 2.0) == pytest.approx((r / 255, g / 255, b / 255), abs=0.005)
+        assert f"rgb({r}, {g}, {b})" == _colour(it["value"], 2.0)
+    # per_row wraps after that many tokens
+    _, _, rows = plots._token_layout([long], None, 10)
+    assert len({it["y"] for it in rows}) == 8
+    plots.token_heatmap_figure([long], tmp_path / "rows.png", per_row=10)
+    assert read_png(tmp_path / "rows.png").shape[0] > read_png(tmp_path / "tokens.png").shape[0] / 2
+    with pytest.raises(ValueError, match="per_row"):
+        plots.token_heatmap_figure([short], tmp_path / "bad.png", per_row=0)
+    with pytest.raises(ValueError, match="titles"):
+        plots.token_heatmap_figure([short], tmp_path / "bad.png", titles=["a", "b"])
+    with pytest.raises(ValueError, match="must end in .png"):
+        plots.token_heatmap_figure([short], tmp_path / "bad.jpg")

@@ -2,6 +2,7 @@
 against Captum, in one process and one run.
 
     python benchmarks/run.py [--quick] [--device cuda] [--threads 2] [--reps 9]
+    python benchmarks/run.py --only-sequence   # the sequence-attribution table alone
 
 Bare loops (what an expert would write by hand for the same samples):
   L0  one forward/backward per batch of points
@@ -9,6 +10,11 @@ Bare loops (what an expert would write by hand for the same samples):
   L2  h once per anchor (no grad), then forward/backward of g over the samples
   L3  per batch: h without grad, then forward/backward of g from the cut
   LK  one forward, K backward passes (retain_graph) for K quantities
+
+The sequence-attribution table (:mod:`sequence`): one QoI per generated token of a
+continuation on a tiny GPT-2, sharing one forward pass (teacher forcing), against the
+step-by-step loop of inseq (one prefix forward per generated token) and Captum's
+``LLMGradientAttribution``.
 
 Each repetition runs ours, the bare loop and Captum back to back (interleaved, in an
 order rotated from one repetition to the next), after a warm-up; the table gives medians
@@ -34,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import mlp, resnet  # noqa: E402
+from sequence import FULL, QUICK, TINY, sequence_table  # noqa: E402
 
 from doi import ClassDoI, LineDoI, NoiseDoI, PointDoI, nodes_and_weights  # noqa: E402
 from influence import input_influence, internal_influence  # noqa: E402
@@ -415,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-fixed-cost", action="store_true", help="skip the fixed-cost-per-call table")
     parser.add_argument("--no-precision", action="store_true", help="skip the fast-mode (bf16 autocast) table")
     parser.add_argument("--compile", action="store_true", help="also time the fast mode with torch.compile of g")
+    parser.add_argument("--no-sequence", action="store_true", help="skip the sequence-attribution (GPT-2 continuation) table")
+    parser.add_argument("--only-sequence", action="store_true", help="run the sequence-attribution table alone")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     device = torch.device(args.device)
@@ -427,6 +436,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.tiny:
         reps, population, args.steps, args.batch, anchors = 1, 16, 4, 8, 2
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, {reps} repetitions (medians)")
+    sequence_setting = TINY if args.tiny else QUICK if args.quick else FULL
+    if args.only_sequence:
+        sequence_table(device, reps, sequence_setting, _timed, disagreement, not args.no_captum)
+        return
     if not args.no_fixed_cost:  # first, in a process that has not yet run the large models
         fixed_cost_table(device, 30 if args.tiny else 500)
     g = torch.Generator().manual_seed(0)
@@ -453,6 +466,8 @@ def main(argv: list[str] | None = None) -> None:
         measure([cases[i] for i in keep], [exact[i] for i in keep], reps, device, not args.no_captum)
     if not args.no_precision and "resnet" in args.models.split(","):
         fast_mode_table(device, reps, args.compile, anchors, args.steps)
+    if not args.no_sequence:
+        sequence_table(device, reps, sequence_setting, _timed, disagreement, not args.no_captum)
     if not args.no_quadrature:
         quadrature_table(device)
 

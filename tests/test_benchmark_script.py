@@ -22,3 +22,30 @@ def test_run_py_tiny_prints_every_case_and_the_quadrature_table() -> None:
         assert main.count(case) == 2, f"{case!r} missing for one of the two models"
     assert "steps needed for error ≤ 1e-3" in out
     assert precision.count("bf16 autocast |") == 2  # the fast mode, for both of its cases
+    # the sequence-attribution table: ours (one query of per-token QoIs) equals the
+    # step-by-step loop, and Captum's LLMGradientAttribution where they compute the same
+    header = "| matrix | T | ours ms | loop ms | loop/ours | Captum ms | Captum/ours | ours vs loop | ours vs Captum |"
+    assert header in out
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0].startswith(("saliency matrix", "integrated gradients matrix")):
+            rows[cells[0].split()[0]] = dict(zip(columns, cells))
+    assert set(rows) == {"saliency", "integrated"}
+    for row in rows.values():
+        assert row["T"] == "8"
+        assert float(row["ours vs loop"]) < 1e-4
+        assert float(row["ours vs Captum"]) < 1e-4
+
+
+def test_run_py_skips_the_sequence_table_without_transformers() -> None:
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['transformers'] = None  # import transformers raises ImportError\n"
+        "sys.argv = ['run.py', '--only-sequence', '--tiny', '--threads', '1']\n"
+        f"runpy.run_path({str(ROOT / 'benchmarks' / 'run.py')!r}, run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "Sequence attribution: skipped (transformers is not installed)." in done.stdout
+    assert "| matrix |" not in done.stdout

@@ -4,7 +4,9 @@
 
 * ``audit`` — :func:`influence.audit` on the data section with the query's pointwise DoI
   (or a population DoI's ``each``) and ``multiply_activation``; each image's own class
-  ``ClassQoI(y)`` is explained.
+  ``ClassQoI(y)`` is explained. With ``tokens: [IDS]`` instead of ``region`` (text, a
+  query at the word embeddings): :func:`influence.text.token_audit` with the query's line
+  (its ``{token: ID, keep: [IDS]}`` baseline and steps).
 * ``essence`` — :func:`influence.essence_check` at the query's slice for its QoI
   (``comparative`` a vs b, or ``class`` c vs the rest) on the data section.
 * ``curves`` — :func:`influence.deletion_insertion` of each result's attributions on the
@@ -13,14 +15,21 @@
 * ``plots`` — ``heatmaps`` (input queries: the attributions over the images),
   ``neuron_grid`` (layer queries: what the top units or channels see, integrated gradients
   of each from black), ``contrast`` (the top-k table as bars with ±3 standard errors),
-  ``audit_bars``, ``curves``, ``essence``; ``true`` draws every one that applies.
+  ``audit_bars``, ``curves``, ``essence``, ``tokens`` (text queries at an embedding: the
+  first explained sentences' token heatmaps, ``<name>.tokens.png`` and a page of coloured
+  tokens ``<name>.tokens.html``); ``true`` draws every one that applies.
   Files: ``<out>/<name>.<picture>.png`` (``<name>.<j>.<picture>.png`` for the j-th QoI).
 * ``report`` — the query's tables and pictures go into ``<out>/report.html`` (self-contained)
-  and ``<out>/report.md``, one report for the whole file.
+  and ``<out>/report.md``, one report for the whole file; a text query's token heatmaps
+  go into the HTML as coloured tokens (into the Markdown as text).
 """
 
 from __future__ import annotations
 
+import html
+import os
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +44,62 @@ from .audit import AuditResult, audit
 from .curves import Curves, deletion_insertion
 from .essence import EssenceResult, essence_check
 from .neurons import explain_neurons
-from .query import BuiltQuery, QueryError, _join, top_table
-from .report import Report
+from .query import BuiltQuery, QueryError, _join, is_token_result, top_table
+from .report import Report, _Pre
 from .result import InfluenceResult
 
 _MAX_HEATMAPS = 12
 _MAX_NEURONS = 4
+
+
+@dataclass(frozen=True)
+class _Html:
+    """A block of ready HTML (token heatmaps), with its Markdown text."""
+
+    html: str
+    markdown: str
+
+
+class _Report(Report):
+    """A :class:`Report` that also takes blocks of ready HTML (:meth:`html`); each is
+    rendered through a unique placeholder, so the base class's rendering is untouched."""
+
+    def html(self, markup: str, markdown: str) -> "_Report":
+        self.blocks.append(_Html(markup, markdown))
+        return self
+
+    def _placeheld(self) -> tuple[list[Any], dict[str, _Html]]:
+        keys: dict[str, _Html] = {}
+        blocks = []
+        for b in self.blocks:
+            if isinstance(b, _Html):
+                key = f"influence-html-block-{uuid.uuid4().hex}"
+                keys[key] = b
+                b = _Pre(key)
+            blocks.append(b)
+        return blocks, keys
+
+    def to_html(self) -> str:
+        blocks, keys = self._placeheld()
+        own, self.blocks = self.blocks, blocks
+        try:
+            text = super().to_html()
+        finally:
+            self.blocks = own
+        for key, b in keys.items():
+            text = text.replace(f"<pre>{key}</pre>", b.html)
+        return text
+
+    def to_markdown(self, folder: str | os.PathLike[str] = ".") -> str:
+        blocks, keys = self._placeheld()
+        own, self.blocks = self.blocks, blocks
+        try:
+            text = super().to_markdown(folder)
+        finally:
+            self.blocks = own
+        for key, b in keys.items():
+            text = text.replace(f"```\n{key}\n```", b.markdown)
+        return text
 
 
 def _wants(output: dict[str, Any], kind: str) -> bool:
@@ -57,7 +116,7 @@ class Extras:
 
     def __init__(self, out_dir: Path, source: str) -> None:
         self.out_dir = out_dir
-        self.report = Report(f"influence report: {source}")
+        self.report = _Report(f"influence report: {source}")
         self.reported = 0
 
     def check(self, built: list[BuiltQuery]) -> None:
@@ -99,9 +158,18 @@ class Extras:
             texts += [c.to_table() for c in curves]
         if output["plots"]:
             pictures = self._pictures(query, results, audited, essence, curves, batch, seed)
+        heatmaps = self._token_heatmaps(query, results) if output["report"] or _wants(output, "tokens") else []
+        written: list[Path] = []
+        if _wants(output, "tokens"):
+            if not any(heatmaps) and _explicit(output, "tokens"):
+                raise QueryError(
+                    _join(query.spec.path, "output.plots"),
+                    "tokens draws one value per token: it needs integer token ids as inputs and a slice with one vector per token (units (L, D)), e.g. the word embeddings",
+                )
+            written += self._token_files(query, results, heatmaps)
         if output["report"]:
-            self._add_to_report(query, results, texts, pictures)
-        return analyses, [p for p, _ in pictures], "\n".join(texts)
+            self._add_to_report(query, results, texts, pictures, heatmaps)
+        return analyses, [*(p for p, _ in pictures), *written], "\n".join(texts)
 
     def finish(self) -> list[Path]:
         if not self.reported:
@@ -118,9 +186,27 @@ class Extras:
     def _each(self, query: BuiltQuery) -> PointwiseDoI:
         return query.doi if isinstance(query.doi, PointwiseDoI) else query.doi.each
 
+    def _token_audit(self, query: BuiltQuery, batch: int, seed: int) -> AuditResult:
+        from .text import token_audit
+
+        spec = query.spec.output["audit"]
+        where = _join(query.spec.path, "output.audit")
+        x, y = self._labelled(query, where)
+        line = query.spec.doi if query.spec.pointwise else query.spec.doi["each"]
+        base = line["baseline"]
+        try:
+            return token_audit(
+                query.slice.model, (x, y), spec["tokens"], embedding=query.slice.layer, baseline=base["token"], keep=base["keep"],
+                factor=spec["factor"], classes=spec["classes"], steps=line["steps"], flag_on=spec["flag_on"], batch_size=batch, seed=seed,
+            )  # fmt: skip
+        except (ValueError, TypeError) as e:
+            raise QueryError(where, str(e)) from None
+
     def _audit(self, query: BuiltQuery, batch: int, seed: int) -> AuditResult:
         spec = query.spec.output["audit"]
         where = _join(query.spec.path, "output.audit")
+        if spec.get("tokens") is not None:
+            return self._token_audit(query, batch, seed)
         x, y = self._labelled(query, where)
         region_spec = spec["region"]
         region: Any
@@ -263,13 +349,58 @@ class Extras:
         drawn = plots.plot_neuron_grid(path, **plots.neuron_arrays(views, "pooled" if over is None else f"pooled over class {over}"))
         return drawn, f"{spec.name}: what the top {len(views)} units see (integrated gradients from black)"
 
+    # --- token heatmaps ---------------------------------------------------------------------------
+
+    def _token_heatmaps(self, query: BuiltQuery, results: list[InfluenceResult]) -> list[list[Any]]:
+        """Per result, the token heatmaps of its first sentences (``[]`` for a result that
+        is not one value per token)."""
+        from .text import token_heatmaps
+
+        out: list[list[Any]] = []
+        data = query.data
+        for result in results:
+            if not is_token_result(query, result):
+                out.append([])
+                continue
+            n = min(result.values.shape[0], _MAX_HEATMAPS)
+            rows = query.rows[:n].tolist()
+            mask = data.mask[query.rows[:n]] if data.mask is not None else None
+            first = InfluenceResult(values=result.values[:n], stderr=result.stderr[:n], samples=result.samples, anchors=n, pooled=False, query=result.query)
+            out.append(token_heatmaps(first, [data.token_strings(r) for r in rows], mask))
+        return out
+
+    def _token_files(self, query: BuiltQuery, results: list[InfluenceResult], heatmaps: list[list[Any]]) -> list[Path]:
+        """``<name>.tokens.html`` and ``<name>.tokens.png`` (``<name>.<j>.tokens.*`` per
+        QoI): the heatmaps as a page of coloured tokens and as a picture. (The report
+        shows them as HTML, not as the picture.)"""
+        from . import plots
+
+        spec = query.spec
+        files = []
+        for j, (result, maps) in enumerate(zip(results, heatmaps)):
+            if not maps:
+                continue
+            stem = spec.name if len(results) == 1 else f"{spec.name}.{j}"
+            titles = [f"row {int(r)}" for r in query.rows[: len(maps)]]
+            body = "".join(f"<h3>{html.escape(t)}</h3>{m.html()}" for t, m in zip(titles, maps))
+            title = html.escape(f"{spec.name}: {result.query.get('qoi')}, token attributions")
+            page = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title></head><body><h1>{title}</h1>{body}</body></html>\n'
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / f"{stem}.tokens.html"
+            path.write_text(page, encoding="utf-8")
+            files.append(path)
+            files.append(plots.token_heatmap_figure(maps, self.out_dir / f"{stem}.tokens.png", titles=titles))
+        return files
+
     # --- report ----------------------------------------------------------------------------------
 
-    def _add_to_report(self, query: BuiltQuery, results: list[InfluenceResult], texts: list[str], pictures: list[tuple[Path, str]]) -> None:
+    def _add_to_report(
+        self, query: BuiltQuery, results: list[InfluenceResult], texts: list[str], pictures: list[tuple[Path, str]], heatmaps: list[list[Any]] | None = None
+    ) -> None:
         spec = query.spec
         rep = self.report
         rep.heading(spec.name)
-        for result in results:
+        for j, result in enumerate(results):
             rep.paragraph(
                 f"`{result.query.get('qoi')}` at {('layer `' + str(result.query.get('layer')) + '`') if result.query.get('layer') else 'the input'}, "
                 f"`{result.query.get('doi')}`, {result.anchors} points, {result.samples} samples, seed {result.query.get('seed')}."
@@ -279,6 +410,12 @@ class Extras:
                 ["rank", spec.output["top"]["by"], "influence", "stderr"],
                 [[r["rank"], tuple(r["index"]) if isinstance(r["index"], list) else r["index"], f"{r['value']:+.4e}", f"{r['stderr']:.2e}"] for r in rows],
             )
+            maps = heatmaps[j] if heatmaps else []
+            if maps:
+                rep.paragraph(f"Token attributions (red: positive, blue: negative; hover for the value), padding dropped, {len(maps)} of {result.anchors} sentences:")
+                for row, m in zip(query.rows.tolist(), maps):
+                    text = ", ".join(f"`{t.replace('`', chr(39))}` {v:+.2g}" for t, v in zip(m.tokens, m.values))
+                    self.report.html(f"<p><b>row {row}</b></p>{m.html()}", f"row {row}: {text}\n")
         for text in texts:
             rep.preformatted(text)
         for path, caption in pictures:

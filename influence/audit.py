@@ -99,8 +99,9 @@ class AuditRow:
 
     @property
     def ratio(self) -> float:
-        """Positive share over area share (how many times its size the region weighs)."""
-        return self.positive_share / self.area_share if self.area_share > 0 else float("inf")
+        """Positive share over area share (how many times its size the region weighs);
+        NaN when the region is empty on every point of the class (nothing to weigh)."""
+        return self.positive_share / self.area_share if self.area_share > 0 else float("nan")
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,7 +152,7 @@ class AuditResult:
                     "absolute_share": r.absolute_share,
                     "absolute_stderr": r.absolute_stderr,
                     "area_share": r.area_share,
-                    "ratio": r.ratio if math.isfinite(r.ratio) else None,  # None: the region has no area
+                    "ratio": r.ratio if math.isfinite(r.ratio) else None,  # None: the region is empty
                     "flagged": r.flagged,
                 }
                 for r in self.rows
@@ -170,7 +171,7 @@ class AuditResult:
         for r in self.rows:
             lines.append(
                 f"{r.label:>5} {r.n:>4}  {r.positive_share:>7.3f} ± {r.positive_stderr:<6.3f}  "
-                f"{r.absolute_share:>10.3f} ± {r.absolute_stderr:<6.3f}  {r.area_share:>6.3f}  {r.ratio:>6.1f}  {'FLAG' if r.flagged else ''}".rstrip()
+                f"{r.absolute_share:>10.3f} ± {r.absolute_stderr:<6.3f}  {r.area_share:>6.3f}  {(f'{r.ratio:.1f}' if math.isfinite(r.ratio) else '-'):>6}  {'FLAG' if r.flagged else ''}".rstrip()
             )
         return "\n".join(lines)
 

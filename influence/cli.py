@@ -27,7 +27,7 @@ import torch
 from . import _distributed
 from ._files import atomic_write
 from ._outputs import Extras
-from .query import BuiltQuery, QueryError, load_data, load_model, load_query_file, region_table, top_table
+from .query import BuiltQuery, QueryError, load_data, load_model, load_query_file, region_table, token_table, top_table
 from .result import InfluenceResult
 
 EPILOG = """\
@@ -117,24 +117,33 @@ def _parser() -> argparse.ArgumentParser:
         "CNN on them and a control CNN without the cue (CPU, seconds), then for both: the top channels for "
         "f_3 - f_8 with standard errors, what they see, a per-class audit of the corner, the essence check "
         "and deletion/insertion curves. Writes report.html (self-contained), report.md, summary.json and "
-        "the pictures; needs matplotlib (pip install 'influence-directed[viz]').",
-        epilog="example:\n  influence demo --out demo-report --seed 1\n",
+        "the pictures; needs matplotlib (pip install 'influence-directed[viz]'). With --text: the same on "
+        "text, a tiny BERT whose weather sentences carry the cue token 'zq' in training and a control BERT "
+        "without it: the token audit, the top neurons for f_weather - f_sport and what they respond to, as "
+        "token heatmaps; also needs transformers (pip install 'influence-directed[text]').",
+        epilog="examples:\n  influence demo --out demo-report --seed 1\n  influence demo --text\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--out", metavar="DIR", default="influence-demo", help="where the report goes (default: influence-demo)")
+    demo.add_argument("--out", metavar="DIR", default=None, help="where the report goes (default: influence-demo, or influence-demo-text with --text)")
+    demo.add_argument("--text", action="store_true", help="the text demo: a tiny BERT with a planted cue token (needs transformers)")
     demo.add_argument("--seed", type=int, default=0, help="seeds data, training and random draws (default: 0)")
-    demo.add_argument("--quick", action="store_true", help="fewer images and quadrature steps (same models and checks)")
+    demo.add_argument("--quick", action="store_true", help="fewer images (sentences) and quadrature steps (same models and checks)")
     demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     demo.set_defaults(handler=_demo)
     return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     if args.seed < 0:
         raise QueryError("--seed", f"must be an int >= 0 (got {args.seed})")
-    run_demo(args.out, seed=args.seed, quick=args.quick)
+    if getattr(args, "text", False):
+        from .demo_text import run_text_demo
+
+        run_text_demo(args.out or "influence-demo-text", seed=args.seed, quick=args.quick)
+        return 0
+    from .demo import run_demo
+
+    run_demo(args.out or "influence-demo", seed=args.seed, quick=args.quick)
     return 0
 
 
@@ -270,6 +279,9 @@ def _report(query: BuiltQuery, results: list[InfluenceResult]) -> list[dict[str,
             entry["completeness"] = {"median": float(gaps.nanmedian()), "max": float(gaps.nan_to_num(nan=0.0).max()), "per_point": gaps.tolist()}
         if output["regions"]:
             entry["regions"] = region_table(query, result, output["regions"])
+        tokens = token_table(query, result)
+        if tokens is not None:
+            entry["tokens"] = tokens
         report.append(entry)
     return report
 
@@ -310,7 +322,29 @@ def _format_report(query: BuiltQuery, results: list[InfluenceResult], report: li
                 w = max(6, *(len(r["region"]) for r in entry["regions"]))
                 lines.append(f"  {'region':<{w}}  {'sum':>11}  {'share of |influence|':>20}  units")
             lines.append(f"  {region['region']:<{w}}  {region['sum']:>+11.4e}  {100 * region['share']:>19.1f}%  {region['units']}")
+        if entry.get("tokens"):
+            lines += _format_tokens(entry["tokens"], top["k"])
     return "\n".join(lines)
+
+
+_MAX_SENTENCES = 5
+
+
+def _format_tokens(sentences: list[dict[str, Any]], k: int) -> list[str]:
+    """Per explained sentence (the first few), its ``k`` tokens of largest |attribution|."""
+    lines = ["  top tokens by |attribution| (padding dropped; per token: Σ over its features):"]
+    for i, sentence in enumerate(sentences[:_MAX_SENTENCES]):
+        order = sorted(range(len(sentence["values"])), key=lambda j: -abs(sentence["values"][j]))[:k]
+        shown = ", ".join(f"{_token(sentence['tokens'][j])} {sentence['values'][j]:+.3g}" for j in order)
+        lines.append(f"  sentence {i} (row {sentence['row']}): {shown or '(no tokens)'}")
+    if len(sentences) > _MAX_SENTENCES:
+        lines.append(f"  ... and {len(sentences) - _MAX_SENTENCES} more sentences in the JSON")
+    return lines
+
+
+def _token(text: str) -> str:
+    """A token for the terminal: quoted, or ``#id`` as it is."""
+    return text if text.startswith("#") and text[1:].isdigit() else repr(text)
 
 
 def _save(
@@ -358,7 +392,9 @@ def _layers(args: argparse.Namespace) -> int:
         qfile = load_query_file(spec)
         model = load_model(qfile.model, qfile.folder)
         if shape is None:
-            example = load_data(qfile.data, qfile.folder).x[:1]
+            from doi._points import rows as points_rows
+
+            example = points_rows(load_data(qfile.data, qfile.folder, model).x, slice(0, 1))
     elif os.path.exists(spec) or ":" not in spec:
         path = Path(spec)
         if not path.is_file():
@@ -384,15 +420,36 @@ def _layers(args: argparse.Namespace) -> int:
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
         example = torch.rand(1, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
     try:
-        layers = describe_layers(model, example)
+        if isinstance(example, (dict, tuple)):  # model(**inputs) / model(*inputs): the hooks see the model called so
+            layers = _describe_structured(model, example, describe_layers)
+        else:
+            layers = describe_layers(model, example)
     except Exception as e:
         if shape is None:
             raise
         raise QueryError("--input-shape", f"the model cannot run on an input of shape {shape}: {type(e).__name__}: {_one_line(str(e), 200)}") from None
     what = "TorchScript " if isinstance(model, torch.jit.ScriptModule) else ""
-    on = f" on one input of shape {tuple(example.shape[1:])}" if example is not None else ""
+    if isinstance(example, (dict, tuple)):
+        from doi._points import describe as points_describe
+
+        on = f" on one input {points_describe(example)}"
+    else:
+        on = f" on one input of shape {tuple(example.shape[1:])}" if example is not None else ""
     print(f"{what}{type(model).__name__ if not what else getattr(model, 'original_name', 'model')}{on}:")
     print(format_layers(layers))
     if example is None:
         print("(output shapes need an input: give --input-shape, e.g. --input-shape 3,32,32)")
     return 0
+
+
+def _describe_structured(model: torch.nn.Module, example: Any, describe: Any) -> Any:
+    """``describe(model, example)`` for inputs given as a mapping or tuple: the model's
+    ``forward`` takes them as ``model(**example)`` / ``model(*example)`` meanwhile."""
+    from slices._realisations import call
+
+    forward = model.forward
+    model.forward = lambda packed: call(forward, packed)  # type: ignore[method-assign]
+    try:
+        return describe(model, example)
+    finally:
+        del model.forward

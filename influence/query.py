@@ -10,7 +10,25 @@ optional ``defaults`` section sets options for every query::
         slice: res                                # a layer name; null/absent: the input
         doi: {kind: class, label: 3}              # point | line | noise | class | dataset
         qoi: {kind: comparative, a: 3, b: 8}      # class | comparative | neuron | max_class | linear | callable
+                                                  # | next_token | continuation
         output: {top: {k: 5, by: channel}}
+
+Text models take the same file: a model factory returning a Hugging Face model; data
+whose ``inputs`` map the model's argument names to arrays (``model(**inputs)``; a list
+calls ``model(*inputs)``), integer ids and masks kept as integers, every row's tensors
+selected together; ``tokens`` for display (an array of token strings, or ``{vocab:
+FILE}``). Token ids are explained at the word embeddings, with a line from the pad
+token's embedding (``baseline: {token: 0, keep: [1, 2]}``, one baseline per sentence)::
+
+    data:
+      factory: "influence.text_data:sentences"
+      inputs: {input_ids: input_ids, attention_mask: attention_mask}
+      labels: labels
+      tokens: tokens
+    queries:
+      - slice: bert.embeddings.word_embeddings
+        doi: {kind: line, space: slice, baseline: {token: 0, keep: [1, 2]}}
+        qoi: {kind: class, label: 1}                  # or next_token, continuation (LMs)
 
 Three stages, each usable on its own:
 
@@ -54,9 +72,18 @@ from torch import Tensor, nn
 
 from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI, PointDoI, PointwiseDoI
 from doi._line import resolve_baseline
-from qoi import ClassQoI, ComparativeQoI, FunctionQoI, LinearQoI, MaxClassQoI, NeuronQoI, QoIContext, QuantityOfInterest
+from doi._points import Points, is_structured
+from doi._points import apply as points_apply
+from doi._points import count as points_count
+from doi._points import describe as points_describe
+from doi._points import rows as points_rows
+from doi._points import tensors as points_tensors
+from qoi import (
+    ClassQoI, ComparativeQoI, ContinuationQoI, FunctionQoI, LinearQoI, MaxClassQoI, NeuronQoI, NextTokenQoI, QoIContext, QuantityOfInterest,
+)  # fmt: skip
 from slices import Cut, Slice
 from slices._cut import find_module
+from slices._realisations import call as call_model
 
 from ._engine import internal_influence
 from ._frozen import frozen
@@ -349,12 +376,15 @@ def _mapping_check(schema: Schema, what: str) -> Check:
 
 _BASELINE_FORMS = (
     "a number, {mean: data}, {array: NAME}, {file: PATH, key: NAME}, {callable: 'module:function'} "
-    "or, in space: slice, {activation_of: <one of the others>}"
+    "or, in space: slice, {activation_of: <one of the others>} or {token: ID, keep: [IDS]}"
 )
+_BASELINE_EXTRAS = {"key": "file", "keep": "token"}  # the optional second key of a form
 
 
 def _parse_baseline(value: Any, path: str, ctx: _Ctx, *, inner: bool = False) -> Any:
-    """A number, or a one-key mapping naming where the baseline tensor comes from."""
+    """A number, or a one-key mapping naming where the baseline tensor comes from;
+    ``{token: ID, keep: [IDS]}`` is the slice-space baseline of token ids (every id
+    replaced by ``ID`` except padding and the ``keep`` ids)."""
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
             return Float()(value, path, ctx)
@@ -362,9 +392,11 @@ def _parse_baseline(value: Any, path: str, ctx: _Ctx, *, inner: bool = False) ->
             pass
     if not isinstance(value, dict) or len(value) not in (1, 2):
         raise QueryError(path, f"must be {_BASELINE_FORMS} (got {_show(value)})")
-    forms = ("mean", "array", "file", "callable") if inner else ("mean", "array", "file", "callable", "activation_of")
+    forms = ("mean", "array", "file", "callable") if inner else ("mean", "array", "file", "callable", "activation_of", "token")
+    if inner and "token" in value:
+        raise QueryError(_join(path, "token"), "{token: ID} is itself a slice-space baseline; write it without activation_of")
     kinds = [k for k in value if k in forms]
-    extra = [k for k in value if k not in forms and k != "key"]
+    extra = [k for k in value if k not in forms and k not in _BASELINE_EXTRAS]
     if extra:
         key = extra[0]
         hint = _did_you_mean(key, forms)
@@ -372,8 +404,10 @@ def _parse_baseline(value: Any, path: str, ctx: _Ctx, *, inner: bool = False) ->
     if len(kinds) != 1:
         raise QueryError(path, f"must be {_BASELINE_FORMS} (got {_show(value)})")
     kind = kinds[0]
-    if "key" in value and kind != "file":
-        raise QueryError(_join(path, "key"), "applies to {file: PATH, key: NAME} only")
+    for extra_key, owner in _BASELINE_EXTRAS.items():
+        if extra_key in value and kind != owner:
+            form = "{file: PATH, key: NAME}" if owner == "file" else "{token: ID, keep: [IDS]}"
+            raise QueryError(_join(path, extra_key), f"applies to {form} only")
     where = _join(path, kind)
     if kind == "mean":
         return {"mean": Str("'data' or the name of an array of the data section")(value["mean"], where, ctx)}
@@ -384,7 +418,21 @@ def _parse_baseline(value: Any, path: str, ctx: _Ctx, *, inner: bool = False) ->
         return {"file": FilePath((".pt", ".pth", ".npz", ".npy"))(value["file"], where, ctx), "key": key}
     if kind == "callable":
         return {"callable": ImportPath()(value["callable"], where, ctx)}
+    if kind == "token":
+        token = Custom("a token id, an int >= 0", lambda v, p, c: _token_id(v, p))(value["token"], where, ctx)
+        keep = value.get("keep", [])
+        if keep != []:
+            if not isinstance(keep, list):
+                raise QueryError(_join(path, "keep"), f"must be a list of token ids (ints >= 0) kept as they are, e.g. [CLS] and [SEP] (got {_show(keep)})")
+            keep = [_token_id(v, _join(_join(path, "keep"), i)) for i, v in enumerate(keep)]
+        return {"token": token, "keep": keep}
     return {"activation_of": _parse_baseline(value["activation_of"], where, ctx, inner=True)}
+
+
+def _token_id(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _INT_LIMIT:
+        raise QueryError(path, f"must be a token id, an int >= 0 (got {_show(value)})")
+    return value
 
 
 def _parse_selector(value: Any, path: str, ctx: _Ctx) -> Any:
@@ -447,6 +495,10 @@ class _Builder:
 
     def pointwise(self, spec: dict[str, Any], path: str) -> PointwiseDoI:
         return DOI_KINDS[spec["kind"]].build(spec, path, self)
+
+    def target(self, spec: Any, path: str) -> Any:
+        """A continuation's token ids: the list itself, or a data array."""
+        return [0] if isinstance(spec, str) else spec
 
 
 @dataclass(frozen=True)
@@ -535,7 +587,10 @@ def _linear(p: dict[str, Any], path: str, b: _Builder) -> LinearQoI:
     terms = []
     for i, term in enumerate(p["terms"]):
         where = _join(_join(path, "terms"), i)
-        terms.append((term["weight"], _build_qoi(term["qoi"], _join(where, "qoi"), b)))
+        built = _build_qoi(term["qoi"], _join(where, "qoi"), b)
+        if isinstance(built, list):
+            raise QueryError(_join(_join(where, "qoi"), "per_token"), "gives one QoI per token; a term of linear must be one QoI (set per_token: false)")
+        terms.append((term["weight"], built))
     return LinearQoI(tuple(terms))
 
 
@@ -596,7 +651,45 @@ QOI_KINDS: dict[str, Kind] = {
         "your own function of the output",
         lambda p, path, b: FunctionQoI(b.imported(p["function"], _join(path, "function")), output=b.selector(p["output"], _join(path, "output"))),
     ),
+    "next_token": Kind(
+        "next_token",
+        Schema(
+            (
+                Key("token", Custom("a token id, an int >= 0", lambda v, p, c: _token_id(v, p)), REQUIRED, "the token id whose prediction is explained"),
+                Key("position", Int(), -1, "the position whose logits predict it (-1: the next token after the input)"),
+                Key("log_prob", Bool(), False, "its log-probability instead of its logit"),
+                _OUTPUT,
+            )
+        ),
+        "a causal language model's logit (or log-probability) of one token at one position",
+        lambda p, path, b: NextTokenQoI(p["token"], p["position"], log_prob=p["log_prob"], output=b.selector(p["output"], _join(path, "output"))),
+    ),
+    "continuation": Kind(
+        "continuation",
+        Schema(
+            (
+                Key("target", Custom("a list of token ids or an array name", lambda v, p, c: _parse_target(v, p, c)), REQUIRED, "the continuation every input ends with: token ids, or the name of a 1-D array of the data"),
+                Key("per_token", Bool(), False, "one QoI per token of the continuation (a list of results), instead of their sum"),
+                _OUTPUT,
+            )
+        ),
+        "log p(continuation | prompt) of a causal language model (teacher forcing)",
+        lambda p, path, b: _continuation(p, path, b),
+    ),
 }
+
+
+def _parse_target(value: Any, path: str, ctx: _Ctx) -> Any:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, list) and value:
+        return [_token_id(v, _join(path, i)) for i, v in enumerate(value)]
+    raise QueryError(path, f"must be a non-empty list of token ids or the name of an array of the data section (got {_show(value)})")
+
+
+def _continuation(p: dict[str, Any], path: str, b: _Builder) -> Any:
+    qoi = ContinuationQoI(b.target(p["target"], _join(path, "target")), output=b.selector(p["output"], _join(path, "output")))
+    return qoi.per_token() if p["per_token"] else qoi
 
 
 def _parse_kind(value: Any, path: str, ctx: _Ctx, kinds: dict[str, Kind], what: str) -> dict[str, Any]:
@@ -644,6 +737,11 @@ def parse_doi(value: Any, path: str, ctx: _Ctx, *, pointwise_only: bool = False)
 
 
 def _check_baseline_space(baseline: Any, space: str, path: str) -> None:
+    if isinstance(baseline, dict) and "token" in baseline and space != "slice":
+        raise QueryError(
+            path, "{token: ...} is a baseline at the word embeddings; it needs space: slice and a slice at the embedding layer "
+            "(e.g. slice: bert.embeddings.word_embeddings)",
+        )
     if isinstance(baseline, dict) and "activation_of" in baseline and space != "slice":
         raise QueryError(path, "{activation_of: ...} gives an activation at the cut; it needs space: slice (or give the input baseline itself)")
     if isinstance(baseline, dict) and "mean" in baseline and space == "slice":
@@ -742,11 +840,56 @@ DATA_SCHEMA = Schema(
         Key("path", Maybe(FilePath((".npz", ".pt", ".pth"))), None, "an .npz or .pt file of named arrays"),
         Key("factory", Maybe(ImportPath()), None, "'package.module:callable' returning a dict of named arrays (instead of path)"),
         Key("kwargs", AnyMapping(), {}, "keyword arguments of the factory"),
-        Key("inputs", Str("an array name"), "x", "the array of inputs (N, ...)"),
+        Key(
+            "inputs", Custom("an array name, a list of them, or a mapping of argument names to them", lambda v, p, c: _parse_input_names(v, p, c)), "x",
+            "the array of inputs (N, ...); a list [A, B] calls model(A, B), a mapping {input_ids: A, attention_mask: B} calls model(input_ids=A, attention_mask=B) (integer arrays stay integers: token ids, masks)",
+        ),
         Key("labels", Maybe(Str("an array name")), "y", "the array of int labels (N,); null: none"),
         Key("classes", Maybe(Custom("a list of ints", lambda v, p, c: _int_list(v, p, c, minimum=0))), None, "keep only points with these labels"),
+        Key(
+            "tokens", Maybe(Custom("an array name or {vocab: FILE}", lambda v, p, c: _parse_tokens(v, p, c))), None,
+            "token strings to show: an array of the data (a list of N rows of L strings), or {vocab: FILE} (one token per line, id = line number; or a .json mapping of tokens to ids); null: the ids",
+        ),
     )
 )
+
+
+def _parse_input_names(value: Any, path: str, ctx: _Ctx) -> Any:
+    """One array name, a list of them (``model(*inputs)``) or a mapping of the model's
+    argument names to them (``model(**inputs)``)."""
+    name = Str("an array name")
+    if isinstance(value, str):
+        return name(value, path, ctx)
+    if isinstance(value, list):
+        if not value:
+            raise QueryError(path, "the list is empty; name the arrays passed to the model, e.g. [input_ids, attention_mask]")
+        return [name(v, _join(path, i), ctx) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if not value:
+            raise QueryError(path, "the mapping is empty; map the model's arguments to arrays, e.g. {input_ids: ids, attention_mask: mask}")
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str) or not key.isidentifier():
+                raise QueryError(path, f"keys must be the model's argument names, identifiers such as input_ids (got {_show(key)})")
+            out[key] = name(v, _join(path, key), ctx)
+        return out
+    raise QueryError(
+        path, f"must be an array name, a list of array names (model(*inputs)) or a mapping of argument names to array names "
+        f"(model(**inputs)), e.g. {{input_ids: ids, attention_mask: mask}} (got {_show(value)})",
+    )
+
+
+def _parse_tokens(value: Any, path: str, ctx: _Ctx) -> Any:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict) and list(value) == ["vocab"]:
+        return {"vocab": FilePath()(value["vocab"], _join(path, "vocab"), ctx)}
+    if isinstance(value, dict) and value:
+        key = next((k for k in value if k != "vocab"), None)
+        if key is not None:
+            hint = _did_you_mean(key, ["vocab"])
+            raise QueryError(_join(path, str(key)), f"unknown key; {hint}tokens is an array name or {{vocab: FILE}}")
+    raise QueryError(path, f"must be the name of an array of token strings (N rows of L strings) or {{vocab: FILE}} (one token per line) (got {_show(value)})")
 
 
 def _int_list(value: Any, path: str, ctx: _Ctx, minimum: int = 0) -> list[int]:
@@ -810,7 +953,7 @@ def _parse_regions(value: Any, path: str, ctx: _Ctx) -> dict[str, dict[str, Any]
     return out
 
 
-PLOT_KINDS = ("heatmaps", "neuron_grid", "contrast", "audit_bars", "curves", "essence")
+PLOT_KINDS = ("heatmaps", "neuron_grid", "contrast", "audit_bars", "curves", "essence", "tokens")
 """The pictures ``output.plots`` can ask for (see :mod:`influence._outputs`)."""
 
 
@@ -827,6 +970,14 @@ def _parse_audit_region(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
     if (region["box"] is None) == (region["mask"] is None):
         raise QueryError(path, "give exactly one of box: [top, bottom, left, right] or mask: ARRAY")
     return region
+
+
+def _parse_token_ids(value: Any, path: str) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise QueryError(path, f"must be a token id or a non-empty list of token ids (ints >= 0) (got {_show(value)})")
+    return [_token_id(v, _join(path, i)) for i, v in enumerate(value)]
 
 
 def _parse_rankings(value: Any, path: str, ctx: _Ctx) -> list[str]:
@@ -848,12 +999,24 @@ def _parse_curve_baseline(value: Any, path: str, ctx: _Ctx) -> Any:
 
 AUDIT_SCHEMA = Schema(
     (
-        Key("region", Custom("a region", _parse_audit_region), REQUIRED, "the region: {box: [top, bottom, left, right]} or {mask: ARRAY, invert: false}"),
+        Key("region", Maybe(Custom("a region", _parse_audit_region)), None, "the region: {box: [top, bottom, left, right]} or {mask: ARRAY, invert: false} (input queries)"),
+        Key(
+            "tokens", Maybe(Custom("a list of token ids", lambda v, p, c: _parse_token_ids(v, p))), None,
+            "instead of region, for text: the audited token ids (e.g. a suspected cue word), with the query's line at the word embeddings",
+        ),
         Key("factor", Float(positive=True), 3.0, "flag a class whose share exceeds factor x its area share"),
         Key("flag_on", Choice(("positive", "absolute")), "positive", "which share the flag compares"),
         Key("classes", Maybe(Custom("a list of ints", _int_list)), None, "the classes audited (default: every label)"),
     )
 )
+
+def _parse_audit(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+    """The audit's keys; ``tokens`` appears only when given (a region audit reads as before)."""
+    out = AUDIT_SCHEMA.parse(value, path, ctx)
+    if out["tokens"] is None:
+        del out["tokens"]
+    return out
+
 
 ESSENCE_SCHEMA = Schema(
     (
@@ -879,7 +1042,7 @@ OUTPUT_SCHEMA = Schema(
         Key("save", Bool(), True, "write <out>/<name>.json and <name>.pt"),
         Key("plots", Custom("true, false or a list of pictures", _parse_plots), False, "PNG pictures (matplotlib: the viz extra)"),
         Key("regions", Custom("a mapping of regions", _parse_regions), {}, "report the sum and |share| of influence per region"),
-        Key("audit", Maybe(_mapping_check(AUDIT_SCHEMA, "an audit")), None, "per class, the share of attribution in a region"),
+        Key("audit", Maybe(Custom("an audit", lambda v, p, c: _parse_audit(v, p, c))), None, "per class, the share of attribution in a region (or on given tokens)"),
         Key("essence", Maybe(_mapping_check(ESSENCE_SCHEMA, "an essence check")), None, "keep the top-k units, AUC against random units"),
         Key("curves", Maybe(_mapping_check(CURVES_SCHEMA, "curves")), None, "deletion and insertion curves of the attributions"),
         Key("report", Bool(), False, "add the query to <out>/report.html and report.md"),
@@ -1112,6 +1275,24 @@ def _cross_check(spec: QuerySpec, raw: dict[str, Any], data: dict[str, Any]) -> 
     if inputs.get("label") is not None and inputs.get("indices") is not None:
         raise QueryError(_join(path, "inputs"), "give label or indices, not both")
     _cross_check_output(spec, data)
+    if not isinstance(data["inputs"], str):  # a mapping or list of inputs: model(**inputs) / model(*inputs)
+        what = "a mapping" if isinstance(data["inputs"], dict) else "a list"
+        if spec.slice["layer"] is None:
+            raise QueryError(
+                _join(path, "slice"),
+                f"data.inputs is {what} of arrays (token ids, masks), which has no gradient at the input; explain it at a layer "
+                "after the inputs, e.g. the word embeddings (slice: bert.embeddings.word_embeddings, or transformer.wte for GPT-2)",
+            )
+        if spec.slice["realisation"] not in ("auto", "hook"):
+            raise QueryError(_join(path, "slice.realisation"), f"data.inputs is {what} of arrays, given to the model as model(**inputs) / model(*inputs), which only realisation: hook does (or auto)")
+        each, where = (spec.doi, _join(path, "doi")) if spec.pointwise else (spec.doi["each"], _join(path, "doi.each"))
+        if each["kind"] in ("line", "noise") and each["space"] == "input":
+            fix = " and baseline: {token: 0} (the pad id at every position but padding)" if each["kind"] == "line" else ""
+            raise QueryError(
+                _join(where, "space"),
+                f"data.inputs is {what} of arrays (token ids, masks); a {each['kind']} in input space cannot draw points between them: "
+                f"use space: slice at the embedding layer{fix}",
+            )
     if data["labels"] is None:
         if spec.doi["kind"] == "class":
             raise QueryError(_join(path, "doi.label"), "a class DoI needs labels, but data.labels is null")
@@ -1123,10 +1304,34 @@ def _cross_check_output(spec: QuerySpec, data: dict[str, Any]) -> None:
     """What the pictures and analyses of ``output`` need from the rest of the query."""
     out, path = spec.output, _join(spec.path, "output")
     at_input = spec.slice["layer"] is None
+    audit = out["audit"]
+    if audit is not None:
+        where = _join(path, "audit")
+        if audit["region"] is None and audit.get("tokens") is None:
+            raise QueryError(
+                _join(where, "region"), "missing; give region: {box: [top, bottom, left, right]} or {mask: ARRAY} (images, slice: null), or tokens: [IDS] (text, at the word embeddings)"
+            )
+        if audit["region"] is not None and audit.get("tokens") is not None:
+            raise QueryError(_join(where, "tokens"), "give region (images) or tokens (text), not both")
+        if audit.get("tokens") is not None:
+            if at_input:
+                raise QueryError(_join(where, "tokens"), "audits token attributions at the word embeddings; use it in a query whose slice is the embedding layer")
+            each = spec.doi if spec.pointwise else spec.doi["each"]
+            base = each.get("baseline")
+            if each["kind"] != "line" or each["space"] != "slice" or not isinstance(base, dict) or "token" not in base:
+                raise QueryError(
+                    _join(where, "tokens"),
+                    "attributes with the query's line at the word embeddings: give the query (or its each) doi "
+                    "{kind: line, space: slice, baseline: {token: ID, keep: [IDS]}}",
+                )
+            if each["rule"] != "gauss-legendre":
+                raise QueryError(_join(where, "tokens"), f"the token audit integrates with rule gauss-legendre; the query's line uses {each['rule']!r}")
     for key, needs_input in (("audit", True), ("curves", True), ("essence", False)):
         if out[key] is None:
             continue
         where = _join(path, key)
+        if key == "audit" and out[key].get("tokens") is not None:
+            needs_input = False
         if needs_input != at_input:
             raise QueryError(where, "attributes to the input; use it in a query with slice: null" if needs_input else "keeps units of a layer; use it in a query with a slice (a layer name)")
         if key != "curves" and data["labels"] is None:
@@ -1145,6 +1350,10 @@ def _cross_check_output(spec: QuerySpec, data: dict[str, Any]) -> None:
                 raise QueryError(where, "heatmaps are drawn over the inputs; use them in a query with slice: null")
             if kind == "neuron_grid" and at_input:
                 raise QueryError(where, "neuron_grid explains the top units of a layer; use it in a query with a slice")
+            if kind == "tokens" and at_input:
+                raise QueryError(where, "tokens shows one value per token at the word embeddings; use it in a query whose slice is the embedding layer")
+            if kind == "tokens" and not spec.pointwise:
+                raise QueryError(where, f"tokens needs one attribution per sentence: a point, line or noise DoI (got {spec.doi['kind']})")
 
 
 # --- loading: the session ------------------------------------------------------------------------
@@ -1310,14 +1519,21 @@ def _array_file(spec: dict[str, Any], where: str) -> Tensor:
 
 @dataclass
 class Data:
-    """The data section, loaded: ``x`` ``(N, ...)`` float inputs, ``y`` ``(N,)`` int64
-    labels or ``None``, and every named array (rows already filtered by ``classes``)."""
+    """The data section, loaded: ``x`` the inputs — a tensor ``(N, ...)``, or for
+    ``inputs`` given as a mapping or list a dict or tuple of tensors sharing ``N``
+    (given to the model as ``model(**x)`` / ``model(*x)``) — ``y`` ``(N,)`` int64 labels
+    or ``None``, every named array (rows already filtered by ``classes``), and per row the
+    token strings to show (``tokens``, from the data's ``tokens``; ``None`` without it).
+    Floating inputs are as given; integer inputs (token ids, masks) stay integers in a
+    mapping or list, and a single integer array does when the model has an
+    ``nn.Embedding`` (else it becomes floats, e.g. ``uint8`` images)."""
 
-    x: Tensor
+    x: Points
     y: Tensor | None
     arrays: dict[str, Tensor]
     rows: int
     unusable: dict[str, str] = field(default_factory=dict)  # array name -> why it cannot be used
+    tokens: list[list[str]] | None = None
 
     def array(self, name: str, where: str) -> Tensor:
         if name in self.unusable:
@@ -1327,9 +1543,145 @@ class Data:
             raise QueryError(where, f"no array {name!r} in the data; {hint}arrays: {', '.join(sorted(self.arrays))}")
         return self.arrays[name]
 
+    @property
+    def structured(self) -> bool:
+        """Inputs given as a mapping or list of arrays."""
+        return is_structured(self.x)
 
-def load_data(spec: dict[str, Any], folder: Path) -> Data:
-    """The data of a validated ``data`` section."""
+    @property
+    def integer(self) -> bool:
+        """Some input tensor holds integers (token ids): no gradient, no path between them."""
+        return any(not t.is_floating_point() for t in points_tensors(self.x))
+
+    @property
+    def ids(self) -> Tensor | None:
+        """The token ids ``(N, L)``, as :mod:`influence.text` finds them: ``input_ids`` of a
+        mapping, the first array of a list, or the inputs themselves; ``None`` when those
+        are not 2-D integers."""
+        x = self.x
+        ids = x.get("input_ids") if isinstance(x, Mapping) else x[0] if isinstance(x, tuple) else x
+        if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.is_floating_point() or ids.dtype == torch.bool:
+            return None
+        return ids
+
+    @property
+    def mask(self) -> Tensor | None:
+        """The attention mask ``(N, L)`` (a mapping's ``attention_mask``), else ``None``."""
+        mask = self.x.get("attention_mask") if isinstance(self.x, Mapping) else None
+        ids = self.ids
+        return mask if isinstance(mask, Tensor) and ids is not None and mask.shape == ids.shape else None
+
+    def token_strings(self, row: int) -> list[str]:
+        """Row ``row``'s tokens as shown: the data's token strings, else ``#id``."""
+        if self.tokens is not None:
+            return self.tokens[row]
+        ids = self.ids
+        assert ids is not None
+        return [f"#{t}" for t in ids[row].tolist()]
+
+
+def _has_embedding(model: nn.Module | None) -> bool:
+    """Does the model embed token ids (an ``nn.Embedding`` somewhere)?"""
+    if model is None:
+        return False
+    return any(isinstance(m, nn.Embedding) or getattr(m, "original_name", None) == "Embedding" for m in model.modules())
+
+
+def _input_entries(layout: Any) -> list[tuple[Any, str, str]]:
+    """``(key, array name, field)`` of each input tensor: key ``None`` for one array, an
+    int for a list, the argument name for a mapping."""
+    if isinstance(layout, str):
+        return [(None, layout, "data.inputs")]
+    if isinstance(layout, list):
+        return [(i, name, f"data.inputs[{i}]") for i, name in enumerate(layout)]
+    return [(key, name, _join("data.inputs", key)) for key, name in layout.items()]
+
+
+def _assemble(layout: Any, arrays: dict[str, Tensor]) -> Points:
+    entries = _input_entries(layout)
+    if isinstance(layout, str):
+        return arrays[layout]
+    if isinstance(layout, list):
+        return tuple(arrays[name] for _, name, _ in entries)
+    return {key: arrays[name] for key, name, _ in entries}
+
+
+def _read_vocab(path: Path, where: str) -> list[str]:
+    """A vocabulary file: one token per line (id = line number), or a ``.json`` mapping
+    of tokens to ids (a Hugging Face ``vocab.json``) or list of tokens."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise QueryError(where, f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise QueryError(where, f"cannot read {path.name} ({e.strerror or e})") from None
+    if path.suffix.lower() == ".json":
+        import json
+
+        try:
+            found = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise QueryError(where, f"{path.name} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        if isinstance(found, list) and all(isinstance(t, str) for t in found):
+            return list(found)
+        if isinstance(found, dict) and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in found.items()):
+            vocab = [""] * (max(found.values(), default=-1) + 1)
+            for token, i in found.items():
+                vocab[i] = token
+            return vocab
+        raise QueryError(where, f"{path.name} must hold a mapping of tokens to ids (vocab.json) or a list of tokens")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    vocab = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if not vocab:
+        raise QueryError(where, f"{path.name} is empty; a vocabulary file has one token per line (id = line number, from 0)")
+    return vocab
+
+
+def _token_rows(spec: Any, raw: dict[str, Any], arrays: dict[str, Tensor], ids: Tensor | None, n: int, source: str) -> list[list[str]]:
+    """The token strings of every row, from an array of the data or a vocabulary."""
+    where = "data.tokens"
+    if isinstance(spec, dict):
+        if ids is None:
+            raise QueryError(
+                where, "a vocabulary maps token ids, but data.inputs holds none: name 2-D integer ids (a mapping's input_ids, or the first array of a list)"
+            )
+        vocab = _read_vocab(spec["vocab"], _join(where, "vocab"))
+        top = int(ids.max()) if ids.numel() else -1
+        if top >= len(vocab) or (ids.numel() and int(ids.min()) < 0):
+            bad = top if top >= len(vocab) else int(ids.min())
+            raise QueryError(_join(where, "vocab"), f"token id {bad} of the data is not a line of {spec['vocab'].name} ({len(vocab)} tokens, ids 0..{len(vocab) - 1})")
+        return [[vocab[t] for t in row] for row in ids.tolist()]
+    if spec not in raw:
+        names = sorted(raw)
+        hint = _did_you_mean(spec, names)
+        raise QueryError(where, f"no array {spec!r} in {source}; {hint}arrays: {', '.join(names) or '(none)'}")
+    value = raw[spec]
+    if spec in arrays:
+        raise QueryError(where, f"array {spec!r} holds numbers; tokens must be token strings, a list of N rows of L strings (or use {{vocab: FILE}} to show ids as strings)")
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        got = f"{len(value)} rows" if isinstance(value, (list, tuple)) else type(value).__name__
+        raise QueryError(where, f"array {spec!r} must give the token strings of each of the {n} points (got {got})")
+    length = None if ids is None else ids.shape[1]
+    rows = []
+    for i, row in enumerate(value):
+        if not isinstance(row, (list, tuple)) or not all(isinstance(t, str) for t in row):
+            raise QueryError(where, f"row {i} of {spec!r} must be a list of token strings (got {_show(row)})")
+        if length is None:
+            length = len(row)
+        if len(row) != length:
+            what = "the token ids" if ids is not None else "row 0"
+            raise QueryError(where, f"row {i} of {spec!r} has {len(row)} tokens, {what} {length}; give one string per position, padding included")
+        rows.append(list(row))
+    return rows
+
+
+def load_data(spec: dict[str, Any], folder: Path, model: nn.Module | None = None) -> Data:
+    """The data of a validated ``data`` section (``model``, when given, decides whether a
+    single integer array is token ids: see :class:`Data`)."""
     if spec["path"] is not None:
         raw = _read_arrays(spec["path"], "data.path")
         source = spec["path"].name
@@ -1339,8 +1691,9 @@ def load_data(spec: dict[str, Any], folder: Path) -> Data:
         source = spec["factory"]
         if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
             raise QueryError("data.factory", f"{source!r} returned a {type(raw).__name__}; a data factory returns a dict of named arrays, e.g. {{'x': x, 'y': y}}")
+        raw = dict(raw)
     arrays, other = {}, {}
-    for k, v in raw.items():  # arrays that are not numbers (e.g. class names) stay out until asked for
+    for k, v in raw.items():  # arrays that are not numbers (e.g. class names, token strings) stay out until asked for
         try:
             arrays[k] = _as_tensor(v, k, "data")
         except QueryError as e:
@@ -1355,23 +1708,36 @@ def load_data(spec: dict[str, Any], folder: Path) -> Data:
             raise QueryError(where, f"no array {name!r} in {source}; {hint}arrays: {', '.join(names) or '(none)'}")
         return arrays[name]
 
-    x = pick(spec["inputs"], "data.inputs")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise QueryError("data.inputs", f"array {spec['inputs']!r} must be a batch of points (N, ...) with N >= 1 (got shape {tuple(x.shape)})")
-    if x.is_complex() or x.dtype == torch.bool:
-        raise QueryError("data.inputs", f"array {spec['inputs']!r} has dtype {x.dtype}; inputs must be real numbers")
-    if not x.is_floating_point():
-        x = x.to(torch.get_default_dtype())
+    layout = spec["inputs"]
+    single = isinstance(layout, str)
+    n: int | None = None
+    first = ""
+    for _, name, where in _input_entries(layout):
+        t = pick(name, where)
+        if (t.ndim < 2 if single else t.ndim < 1) or t.shape[0] == 0:
+            shape = "(N, ...)" if single else "(N, ...) (N points first)"
+            raise QueryError(where, f"array {name!r} must be a batch of points {shape} with N >= 1 (got shape {tuple(t.shape)})")
+        if t.is_complex() or (single and t.dtype == torch.bool):
+            raise QueryError(where, f"array {name!r} has dtype {t.dtype}; inputs must be real numbers" + ("" if single else " or integers (token ids, masks)"))
+        if n is None:
+            n, first = t.shape[0], name
+        elif t.shape[0] != n:
+            raise QueryError(where, f"array {name!r} has {t.shape[0]} rows but {first!r} has {n}; every input needs one row per point")
+        if single and not t.is_floating_point() and not _has_embedding(model):
+            t = t.to(torch.get_default_dtype())
+        arrays[name] = t
+    assert n is not None
     y = None
     if spec["labels"] is not None:
         if spec["labels"] in arrays or spec["labels"] != "y":
             y = pick(spec["labels"], "data.labels")
-            if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-                raise QueryError(
-                    "data.labels", f"array {spec['labels']!r} must hold {x.shape[0]} int labels, shape ({x.shape[0]},) (got {tuple(y.shape)} {y.dtype})"
-                )
+            if y.ndim != 1 or y.shape[0] != n or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise QueryError("data.labels", f"array {spec['labels']!r} must hold {n} int labels, shape ({n},) (got {tuple(y.shape)} {y.dtype})")
             y = y.long()
-    arrays[spec["inputs"]] = x
+    tokens = None
+    if spec.get("tokens") is not None:
+        probe = Data(_assemble(layout, arrays), None, arrays, n)
+        tokens = _token_rows(spec["tokens"], raw, arrays, probe.ids, n, source)
     if spec["classes"] is not None:
         assert y is not None
         present = sorted(set(torch.unique(y).tolist()))
@@ -1379,12 +1745,14 @@ def load_data(spec: dict[str, Any], folder: Path) -> Data:
             if c not in present:
                 raise QueryError(f"data.classes[{i}]", f"class {c} is not in the data (labels present: {present[:20]})")
         keep = torch.isin(y, torch.tensor(spec["classes"]))
-        n = x.shape[0]
         arrays = {k: (v[keep] if v.ndim >= 1 and v.shape[0] == n else v) for k, v in arrays.items()}
-        x, y = arrays[spec["inputs"]], y[keep]
+        y = y[keep]
+        if tokens is not None:
+            tokens = [row for row, k in zip(tokens, keep.tolist()) if k]
+    x = _assemble(layout, arrays)
     if y is not None:
         arrays[spec["labels"]] = y
-    return Data(x, y, arrays, x.shape[0], other)
+    return Data(x, y, arrays, points_count(x), other, tokens)
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
@@ -1401,16 +1769,16 @@ class Session:
             _check_device(device, "--device")
         self.device = device
         self.model = load_model(file.model, file.folder)
-        self.data = load_data(file.data, file.folder)
+        self.data = load_data(file.data, file.folder, self.model)
         if device is not None:
             self.model.to(device)
         self._probe_output: Any = None
         with torch.no_grad():
             try:
-                self._probe_output = self.model(self.as_model_input(self.data.x[:1]))
+                self._probe_output = call_model(self.model, self.as_model_input(points_rows(self.data.x, slice(0, 1))))
             except Exception as e:
                 raise QueryError(
-                    "data.inputs", f"the model cannot run on one point of shape {tuple(self.data.x.shape[1:])}: {type(e).__name__}: {str(e)[:200]}"
+                    "data.inputs", f"the model cannot run on one point of shape {points_describe(self.data.x)}: {type(e).__name__}: {str(e)[:200]}"
                 ) from None
         self.is_script = isinstance(self.model, torch.jit.ScriptModule)
 
@@ -1419,10 +1787,12 @@ class Session:
             return t.device
         return torch.device("cpu")
 
-    def as_model_input(self, x: Tensor) -> Tensor:
-        """``x`` on the model's device, in its floating dtype (as the engine would pass it)."""
-        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), x.dtype)
-        return x.to(device=self._model_device(), dtype=dtype)
+    def as_model_input(self, x: Points) -> Any:
+        """``x`` on the model's device, floats in its floating dtype, integers (token ids,
+        masks) as they are (as the engine would pass them)."""
+        device = self._model_device()
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        return points_apply(x, lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() and dtype is not None else None))
 
     def build(self, index: int) -> "BuiltQuery":
         """Query ``index`` as library objects, checked against the model and the data."""
@@ -1445,7 +1815,7 @@ class BuiltQuery:
     slice: Slice
     qoi: Any  # a QoI, or a list of them
     doi: Any
-    inputs: Tensor | None
+    inputs: Points | None  # a tensor, or a dict/tuple of tensors (token ids and masks)
     rows: Tensor  # the data rows the anchors come from, in order
     data: Data
     options: dict[str, Any] = field(default_factory=dict)
@@ -1490,6 +1860,12 @@ class _QueryBuilder(_Builder):
 
     def population_data(self, path: str, label: int | None) -> Any:
         data = self.data
+        if isinstance(data.x, tuple):
+            raise QueryError(
+                "data.inputs",
+                f"a {self.spec.doi['kind']} DoI takes its points as one array or a mapping of the model's argument names to arrays; "
+                "write inputs as a mapping, e.g. {input_ids: ids, attention_mask: mask}",
+            )
         if label is not None:
             self.labels(_join(path, "label"))
             assert data.y is not None
@@ -1499,15 +1875,38 @@ class _QueryBuilder(_Builder):
             return (data.x, data.y)
         return data.x if data.y is None else (data.x, data.y)
 
+    def target(self, spec: Any, path: str) -> Any:
+        if not isinstance(spec, str):
+            return spec
+        t = self.data.array(spec, path)
+        if t.ndim == 2 and t.shape[0] == 1:
+            t = t[0]
+        if t.ndim != 1 or t.numel() == 0 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or bool((t < 0).any()):
+            raise QueryError(path, f"array {spec!r} must hold the continuation's token ids, 1-D ints >= 0 (got {tuple(t.shape)} {t.dtype})")
+        return t.tolist()
+
     def baseline(self, spec: Any, path: str, space: str) -> Any:
         assert self.slice is not None
         in_slice = space == "slice" and not self.slice.is_input
-        anchor_x = self.session.as_model_input(self.data.x[self.rows[:1]])
-        with torch.no_grad():
-            anchor = self.slice.h(anchor_x) if in_slice else anchor_x
+        if isinstance(spec, dict) and "token" in spec:
+            return self._checked(self._token_baseline(spec, path, in_slice), path, in_slice)
+        if isinstance(spec, dict) and "activation_of" in spec and self._token_inputs():
+            return self._checked(self._ids_activation(spec["activation_of"], _join(path, "activation_of")), path, in_slice)
         value = self._baseline_value(spec, path, in_slice)
-        if isinstance(value, Tensor) and value.ndim == anchor.ndim and value.shape[0] == self.data.rows and value.shape[0] != 1:
+        if isinstance(value, Tensor) and value.ndim == self._anchor(in_slice).ndim and value.shape[0] == self.data.rows and value.shape[0] != 1:
             value = value[self.rows]  # one row per data point: keep the anchors' rows, in order
+        return self._checked(value, path, in_slice)
+
+    # ------------------------------------------------------------------------------------
+    def _anchor(self, in_slice: bool) -> Tensor:
+        assert self.slice is not None
+        anchor_x = self.session.as_model_input(points_rows(self.data.x, self.rows[:1]))
+        with torch.no_grad():
+            return self.slice.h(anchor_x) if in_slice else anchor_x
+
+    def _checked(self, value: Any, path: str, in_slice: bool) -> Any:
+        """``value`` after trying it as the baseline of the last anchor."""
+        anchor = self._anchor(in_slice)
         ids = torch.tensor([self.rows.shape[0] - 1])
         check = value
         if callable(value) and not isinstance(value, Tensor):
@@ -1516,26 +1915,101 @@ class _QueryBuilder(_Builder):
             resolve_baseline(check, anchor, ids, "LineDoI", "slice" if in_slice else "input")
         return value
 
-    # ------------------------------------------------------------------------------------
+    def _token_inputs(self) -> bool:
+        """Inputs that are not one tensor of floats (token ids, or a mapping/list)."""
+        return self.data.integer or self.data.structured
+
+    def _input_dtype(self) -> torch.dtype:
+        x = self.data.x
+        return x.dtype if isinstance(x, Tensor) and x.is_floating_point() else torch.get_default_dtype()
+
+    def _ids_or_fail(self, where: str) -> Tensor:
+        ids = self.data.ids
+        if ids is None:
+            raise QueryError(
+                where,
+                f"needs token ids: 2-D integer inputs (N, L), a mapping's input_ids or the first array of a list (the inputs are {points_describe(self.data.x)})",
+            )
+        return ids
+
+    def _slice_baseline(self, points: Points, where: str) -> Tensor:
+        """``Slice.baseline`` of baseline inputs, one row per anchor, a batch at a time."""
+        assert self.slice is not None
+        batch = self.spec.options.get("batch_size")
+        batch = 64 if not isinstance(batch, int) else batch
+        n = points_count(points)
+        parts = []
+        with _at(where, broad=True):
+            for i in range(0, n, batch):
+                parts.append(self.slice.baseline(self.session.as_model_input(points_rows(points, slice(i, i + batch)))))
+            return torch.cat(parts)
+
+    def _token_baseline(self, spec: dict[str, Any], path: str, in_slice: bool) -> Tensor:
+        """Every anchor's slice-space baseline: its token ids with each replaced by
+        ``token``, except padding and the ``keep`` ids (:func:`influence.text.baseline_ids`)."""
+        from .text import baseline_ids
+
+        if not in_slice:
+            raise QueryError(path, "{token: ...} is a baseline at the word embeddings; it needs space: slice and a slice at the embedding layer")
+        self._ids_or_fail(_join(path, "token"))
+        with _at(_join(path, "token")):
+            points = baseline_ids(points_rows(self.data.x, self.rows), spec["token"], spec["keep"])
+        return self._slice_baseline(points, _join(path, "token"))
+
+    def _ids_activation(self, inner: Any, where: str) -> Tensor:
+        """``{activation_of: {array: IDS}}`` for token inputs: the anchors with their token
+        ids replaced by the array's ``(L,)``, ``(1, L)`` or one row per data point."""
+        ids = self._ids_or_fail(where)
+        if not isinstance(inner, dict) or ("array" not in inner and "file" not in inner):
+            raise QueryError(
+                where, "with token ids as inputs, activation_of takes baseline token ids, {array: NAME} or {file: PATH} of ints (L,) or (N, L); "
+                "or write {token: ID, keep: [IDS]}",
+            )
+        kind = "array" if "array" in inner else "file"
+        value = self.data.array(inner["array"], _join(where, "array")) if kind == "array" else _array_file(inner, where)
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise QueryError(_join(where, kind), f"baseline token ids must be integers (got {value.dtype})")
+        length = ids.shape[1]
+        if value.ndim == 1:
+            value = value[None]
+        if value.ndim != 2 or value.shape[1] != length or value.shape[0] not in (1, self.data.rows):
+            raise QueryError(_join(where, kind), f"baseline token ids of shape {tuple(value.shape)} do not fit ids of length {length}: give ({length},) or ({self.data.rows}, {length})")
+        n = self.rows.shape[0]
+        value = value[self.rows] if value.shape[0] == self.data.rows and self.data.rows != 1 else value.expand(n, length)
+        points = points_rows(self.data.x, self.rows)
+        if isinstance(points, Mapping):
+            points = {**points, "input_ids": value.to(ids.dtype)}
+        elif isinstance(points, tuple):
+            points = (value.to(ids.dtype), *points[1:])
+        else:
+            points = value.to(ids.dtype)
+        return self._slice_baseline(points, _join(where, kind))
+
     def _baseline_value(self, spec: Any, path: str, in_slice: bool) -> Any:
         if isinstance(spec, float):
             return spec
         kind = next(iter(k for k in spec if k != "key"))
         where = _join(path, kind)
+        dtype = self._input_dtype()
         if kind == "mean":
+            if self.data.structured:
+                raise QueryError(where, "the inputs are a mapping or list of arrays, which have no mean point; give a number, an array, or at an embedding slice {token: ID}")
             x = self.data.x if spec["mean"] == "data" else self.data.array(spec["mean"], where)
-            return x.to(self.data.x.dtype).mean(0, keepdim=True)
+            assert isinstance(x, Tensor)
+            return x.to(dtype).mean(0, keepdim=True)
         if kind == "array":
-            return self.data.array(spec["array"], where).to(self.data.x.dtype)
+            return self.data.array(spec["array"], where).to(dtype)
         if kind == "file":
-            return _array_file(spec, path).to(self.data.x.dtype)
+            return _array_file(spec, path).to(dtype)
         if kind == "callable":
             return self.imported(spec["callable"], where)
         inner = self._baseline_value(spec["activation_of"], where, False)
         assert self.slice is not None
-        point = tuple(self.data.x.shape[1:])
+        x = self.data.x
+        assert isinstance(x, Tensor)
+        point = tuple(x.shape[1:])
         if isinstance(inner, float):
-            inner = torch.full((1, *point), inner, dtype=self.data.x.dtype)
+            inner = torch.full((1, *point), inner, dtype=x.dtype)
         elif callable(inner) and not isinstance(inner, Tensor):
             raise QueryError(where, "a callable baseline cannot be wrapped in activation_of; return the activation from the callable itself")
         elif inner.ndim == len(point) and tuple(inner.shape) == point:
@@ -1564,6 +2038,44 @@ class _QueryBuilder(_Builder):
             rows = rows[: spec["limit"]]
         return rows
 
+    def _embedding_name(self) -> str:
+        name = next((n for n, m in self.model.named_modules() if isinstance(m, nn.Embedding)), None)
+        return name or "<the layer that embeds the tokens>"
+
+    def _check_token_query(self) -> None:
+        """Token ids and mappings of inputs have no input gradient and no path between
+        two of them: refuse the input slice and input-space lines and noise, naming the
+        field and the embedding slice to use."""
+        spec, data = self.spec, self.data
+        if not self._token_inputs():
+            return
+        path = spec.path
+        what = "token ids (integer inputs)" if data.integer else "a mapping or list of inputs"
+        if spec.slice["layer"] is None:
+            raise QueryError(
+                _join(path, "slice"),
+                f"the inputs are {what}, which have no gradient at the input; explain them at their embedding: slice: {self._embedding_name()} "
+                "(with doi point, or line/noise with space: slice)",
+            )
+        if data.structured and spec.slice["realisation"] not in ("auto", "hook"):
+            raise QueryError(
+                _join(path, "slice.realisation"), "a mapping or list of inputs is given to the model as model(**inputs) / model(*inputs), which only realisation: hook does (or auto)"
+            )
+        each, where = (spec.doi, _join(path, "doi")) if spec.pointwise else (spec.doi["each"], _join(path, "doi.each"))
+        if each["kind"] in ("line", "noise") and each["space"] == "input":
+            fix = " and baseline: {token: 0} (the pad id at every position but padding)" if each["kind"] == "line" else ""
+            raise QueryError(
+                _join(where, "space"),
+                f"a {each['kind']} in input space would draw points between {what}, which have no path between them; "
+                f"draw them at the embedding: space: slice with slice: {self._embedding_name()}{fix}",
+            )
+        out = _join(path, "output")
+        if spec.output["essence"] is not None:
+            raise QueryError(_join(out, "essence"), f"needs inputs as one tensor of floats; the inputs here are {what}")
+        plots = spec.output["plots"]
+        if isinstance(plots, list) and "neuron_grid" in plots:
+            raise QueryError(_join(out, f"plots[{plots.index('neuron_grid')}]"), f"neuron_grid draws images; the inputs here are {what} (use tokens)")
+
     def build(self) -> BuiltQuery:
         spec, session = self.spec, self.session
         path = spec.path
@@ -1582,9 +2094,13 @@ class _QueryBuilder(_Builder):
                 "a TorchScript model can be explained at its input only (slice: null): hooks cannot reach inside it; "
                 "load the model with factory: to cut at a layer",
             )
+        self._check_token_query()
+        realisation = spec.slice["realisation"]
+        if realisation == "auto" and self.data.structured:
+            realisation = "hook"  # model(**inputs) runs through hooks only
         with _at(_join(path, "slice.layer") if layer is not None else _join(path, "slice")):
             cut = Cut(layer, spec.slice["at"]) if layer is not None else None
-            self.slice = Slice(self.model, cut, realisation=spec.slice["realisation"])
+            self.slice = Slice(self.model, cut, realisation=realisation)
         # which points
         kind = spec.doi["kind"]
         if spec.pointwise:
@@ -1594,20 +2110,23 @@ class _QueryBuilder(_Builder):
         doi_path = _join(path, "doi")
         with _at(doi_path):
             doi = DOI_KINDS[kind].build(spec.doi, doi_path, self)
-        inputs = self.data.x[self.rows] if spec.pointwise else None
+        inputs = points_rows(self.data.x, self.rows) if spec.pointwise else None
         # the QoIs, tried on one point
         qoi_path = _join(path, "qoi")
         specs = spec.qoi if isinstance(spec.qoi, list) else [spec.qoi]
-        qois = []
+        qois: list[QuantityOfInterest] = []
+        several = isinstance(spec.qoi, list)
         for i, q in enumerate(specs):
             where = _join(qoi_path, i) if isinstance(spec.qoi, list) else qoi_path
             with _at(where):
                 built = _build_qoi(q, where, self)
-            self._try_qoi(built, q, where)
-            qois.append(built)
-        qoi: Any = qois if isinstance(spec.qoi, list) else qois[0]
-        if spec.output["top"]["anchor"] != "mean" and inputs is not None and spec.output["top"]["anchor"] >= inputs.shape[0]:
-            raise QueryError(_join(path, "output.top.anchor"), f"is {spec.output['top']['anchor']} but the query explains {inputs.shape[0]} points")
+            for one in built if isinstance(built, list) else [built]:
+                self._try_qoi(one, q, where)
+                qois.append(one)
+            several = several or isinstance(built, list)
+        qoi: Any = qois if several else qois[0]
+        if spec.output["top"]["anchor"] != "mean" and inputs is not None and spec.output["top"]["anchor"] >= points_count(inputs):
+            raise QueryError(_join(path, "output.top.anchor"), f"is {spec.output['top']['anchor']} but the query explains {points_count(inputs)} points")
         return BuiltQuery(spec, self.slice, qoi, doi, inputs, self.rows, self.data, options)
 
     def _try_qoi(self, qoi: QuantityOfInterest, spec: dict[str, Any], path: str) -> None:
@@ -1621,7 +2140,7 @@ class _QueryBuilder(_Builder):
             with _at(_neuron_path(spec, name, path)):
                 find_module(self.model, name, what="neuron")
         assert self.slice is not None
-        x = self.session.as_model_input(self.data.x[self.rows[:1]])
+        x = self.session.as_model_input(points_rows(self.data.x, self.rows[:1]))
         recorder = LayerRecorder(layers)
         with recorder.attached(self.model) as store, frozen(self.slice.modules()), torch.enable_grad(), _at(path):
             z, out = self.slice.forward_cut(x)
@@ -1733,3 +2252,34 @@ def region_table(built: BuiltQuery, result: InfluenceResult, regions: dict[str, 
         share = inside.abs().flatten(1).sum(1) / total.clamp_min(torch.finfo(values.dtype).tiny)
         rows.append({"region": name, "sum": float(sums.mean()), "share": float(share.mean()), "units": int(mask[0].sum())})
     return rows
+
+
+def is_token_result(built: BuiltQuery, result: InfluenceResult) -> bool:
+    """A pointwise result at a layer with one vector per token of the inputs' token ids
+    (units ``(L, D)``, e.g. the word embeddings): shown token by token."""
+    ids = built.data.ids
+    unit = result.unit_shape
+    return not result.pooled and not built.slice.is_input and ids is not None and len(unit) == 2 and unit[0] == ids.shape[1]
+
+
+def token_table(built: BuiltQuery, result: InfluenceResult) -> list[dict[str, Any]] | None:
+    """Per explained sentence of a token result (see :func:`is_token_result`): its data
+    row, and the token strings and attributions (:meth:`InfluenceResult.token_attributions`)
+    of its real tokens, padding (attention mask 0) dropped; ``None`` for other results."""
+    if not is_token_result(built, result):
+        return None
+    values = result.token_attributions()
+    mask = built.data.mask
+    out = []
+    for i, row in enumerate(built.rows.tolist()):
+        words = built.data.token_strings(row)
+        keep = [True] * len(words) if mask is None else [bool(k) for k in mask[row].tolist()]
+        out.append(
+            {
+                "row": row,
+                "positions": [j for j, k in enumerate(keep) if k],
+                "tokens": [w for w, k in zip(words, keep) if k],
+                "values": [float(v) for v, k in zip(values[i].tolist(), keep) if k],
+            }
+        )
+    return out

@@ -244,7 +244,7 @@ def token_audit(
         table.append(row)
         for key, value in zip(found, (a, region[where], y[where], s_pos, s_abs, where)):
             found[key].append(value.cpu())
-    shown = tokens if isinstance(tokens, (int, list, tuple)) else "mask" if isinstance(tokens, (Tensor, np.ndarray)) else getattr(tokens, "__name__", "callable")
+    shown = [tokens] if isinstance(tokens, int) else list(tokens) if isinstance(tokens, (list, tuple)) else "mask" if isinstance(tokens, (Tensor, np.ndarray)) else getattr(tokens, "__name__", "callable")
     return AuditResult(
         rows=tuple(table),
         factor=float(factor),

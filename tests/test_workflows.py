@@ -27,17 +27,17 @@ from influence.cli import main
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def section() -> str:
+def section(title: str = "Three workflows") -> str:
     text = README.read_text(encoding="utf-8")
-    match = re.search(r"^## Three workflows$(.*?)(?=^## )", text, re.S | re.M)
-    assert match, "README has no section 'Three workflows'"
+    match = re.search(rf"^## {re.escape(title)}$(.*?)(?=^## )", text, re.S | re.M)
+    assert match, f"README has no section {title!r}"
     return match.group(1)
 
 
-def fenced() -> list[tuple[str, str]]:
+def fenced(title: str = "Three workflows") -> list[tuple[str, str]]:
     """The section's fenced blocks as ``(language, text)``, in order (``""``: no language)."""
     found, language, lines = [], None, []
-    for line in section().splitlines():
+    for line in section(title).splitlines():
         if line.startswith("```"):
             if language is None:
                 language, lines = line[3:].strip(), []
@@ -50,11 +50,11 @@ def fenced() -> list[tuple[str, str]]:
     return found
 
 
-def blocks(kind: str) -> list[str]:
-    return [text for language, text in fenced() if language == kind]
+def blocks(kind: str, title: str = "Three workflows") -> list[str]:
+    return [text for language, text in fenced(title) if language == kind]
 
 
-def run_python_blocks(directory: Path, namespace: dict[str, Any]) -> str:
+def run_python_blocks(directory: Path, namespace: dict[str, Any], title: str = "Three workflows") -> str:
     """Run the section's Python blocks in order, in ``namespace``, with ``directory`` as the
     working directory and one thread (as every test here); return what they printed. The
     working directory and the thread count are left as they were."""
@@ -64,7 +64,7 @@ def run_python_blocks(directory: Path, namespace: dict[str, Any]) -> str:
     try:
         os.chdir(directory)
         with contextlib.redirect_stdout(printed):
-            for code in blocks("python"):
+            for code in blocks("python", title):
                 exec(compile(code, str(README), "exec"), namespace)
     finally:
         os.chdir(cwd)

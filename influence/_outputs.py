@@ -27,9 +27,6 @@
 from __future__ import annotations
 
 import html
-import os
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,61 +42,11 @@ from .curves import Curves, deletion_insertion
 from .essence import EssenceResult, essence_check
 from .neurons import explain_neurons
 from .query import BuiltQuery, QueryError, _join, is_token_result, top_table
-from .report import Report, _Pre
+from .report import Report
 from .result import InfluenceResult
 
 _MAX_HEATMAPS = 12
 _MAX_NEURONS = 4
-
-
-@dataclass(frozen=True)
-class _Html:
-    """A block of ready HTML (token heatmaps), with its Markdown text."""
-
-    html: str
-    markdown: str
-
-
-class _Report(Report):
-    """A :class:`Report` that also takes blocks of ready HTML (:meth:`html`); each is
-    rendered through a unique placeholder, so the base class's rendering is untouched."""
-
-    def html(self, markup: str, markdown: str) -> "_Report":
-        self.blocks.append(_Html(markup, markdown))
-        return self
-
-    def _placeheld(self) -> tuple[list[Any], dict[str, _Html]]:
-        keys: dict[str, _Html] = {}
-        blocks = []
-        for b in self.blocks:
-            if isinstance(b, _Html):
-                key = f"influence-html-block-{uuid.uuid4().hex}"
-                keys[key] = b
-                b = _Pre(key)
-            blocks.append(b)
-        return blocks, keys
-
-    def to_html(self) -> str:
-        blocks, keys = self._placeheld()
-        own, self.blocks = self.blocks, blocks
-        try:
-            text = super().to_html()
-        finally:
-            self.blocks = own
-        for key, b in keys.items():
-            text = text.replace(f"<pre>{key}</pre>", b.html)
-        return text
-
-    def to_markdown(self, folder: str | os.PathLike[str] = ".") -> str:
-        blocks, keys = self._placeheld()
-        own, self.blocks = self.blocks, blocks
-        try:
-            text = super().to_markdown(folder)
-        finally:
-            self.blocks = own
-        for key, b in keys.items():
-            text = text.replace(f"```\n{key}\n```", b.markdown)
-        return text
 
 
 def _wants(output: dict[str, Any], kind: str) -> bool:
@@ -116,7 +63,7 @@ class Extras:
 
     def __init__(self, out_dir: Path, source: str) -> None:
         self.out_dir = out_dir
-        self.report = _Report(f"influence report: {source}")
+        self.report = Report(f"influence report: {source}")
         self.reported = 0
 
     def check(self, built: list[BuiltQuery]) -> None:
@@ -414,8 +361,7 @@ class Extras:
             if maps:
                 rep.paragraph(f"Token attributions (red: positive, blue: negative; hover for the value), padding dropped, {len(maps)} of {result.anchors} sentences:")
                 for row, m in zip(query.rows.tolist(), maps):
-                    text = ", ".join(f"`{t.replace('`', chr(39))}` {v:+.2g}" for t, v in zip(m.tokens, m.values))
-                    self.report.html(f"<p><b>row {row}</b></p>{m.html()}", f"row {row}: {text}\n")
+                    rep.tokens(m, f"row {row}")
         for text in texts:
             rep.preformatted(text)
         for path, caption in pictures:

@@ -1,7 +1,7 @@
 """A report of explanations: ``report.md`` beside a self-contained ``report.html``.
 
 A :class:`Report` is a list of blocks (headings, paragraphs, tables, pictures,
-preformatted text). :meth:`Report.write` renders it twice into a folder: Markdown that
+preformatted text, token heatmaps). :meth:`Report.write` renders it twice into a folder: Markdown that
 links the PNG files by relative path, and one HTML file with every picture embedded as a
 ``data:image/png;base64`` URI and its style inline — no scripts and no external
 resources, so it opens from disk in any browser, offline, and can be mailed as one file.
@@ -68,6 +68,12 @@ class _Pre:
     text: str
 
 
+@dataclass(frozen=True)
+class _Tokens:
+    heatmap: Any  # an influence.text.TokenHeatmap
+    caption: str
+
+
 def _inline_html(text: str) -> str:
     parts = re.split(r"(`[^`]+`)", text)
     return "".join(f"<code>{html.escape(p[1:-1])}</code>" if p.startswith("`") and p.endswith("`") and len(p) > 1 else html.escape(p) for p in parts)
@@ -118,6 +124,15 @@ class Report:
         self.blocks.append(_Pre(str(text)))
         return self
 
+    def tokens(self, heatmap: Any, caption: str = "") -> "Report":
+        """A sentence's tokens coloured by attribution (an
+        :class:`influence.text.TokenHeatmap`): in HTML as coloured tokens (the value on
+        hover), in Markdown as ``token +value`` text."""
+        if not (hasattr(heatmap, "tokens") and hasattr(heatmap, "values") and callable(getattr(heatmap, "html", None))):
+            raise TypeError(f"Report.tokens: expected a TokenHeatmap (got {type(heatmap).__name__})")
+        self.blocks.append(_Tokens(heatmap, str(caption)))
+        return self
+
     def to_markdown(self, folder: str | os.PathLike[str] = ".") -> str:
         """The report as Markdown; pictures are linked relative to ``folder``."""
         out = [f"# {self.title}", ""]
@@ -144,6 +159,9 @@ class Report:
                     out += [f"*{b.caption}*", ""]
             elif isinstance(b, _Pre):
                 out += ["```", b.text, "```", ""]
+            elif isinstance(b, _Tokens):
+                text = ", ".join(f"`{t.replace('`', chr(39))}` {v:+.2g}" for t, v in zip(b.heatmap.tokens, b.heatmap.values))
+                out += [f"{b.caption}: {text}" if b.caption else text, ""]
         return "\n".join(out)
 
     def to_html(self) -> str:
@@ -178,6 +196,9 @@ class Report:
                 out.append("</figure>")
             elif isinstance(b, _Pre):
                 out.append(f"<pre>{html.escape(b.text)}</pre>")
+            elif isinstance(b, _Tokens):
+                caption = f"<figcaption>{html.escape(b.caption)}</figcaption>" if b.caption else ""
+                out.append(f"<figure>{b.heatmap.html()}{caption}</figure>")
         out.append("</body></html>")
         return "\n".join(out)
 

@@ -103,3 +103,17 @@ def test_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert float(pixels.var()) > 1e-4  # not blank
     green = (pixels[..., 1] > 0.9) & (pixels[..., 0] < 0.1) & (pixels[..., 2] < 0.1)
     assert green.sum() >= 0.9 * 120 * 200  # the embedded picture is on the page
+
+
+def test_token_heatmaps_in_both_renderings() -> None:
+    """A token heatmap is coloured tokens in the HTML (escaped, full red for the largest
+    value) and ``token +value`` text in the Markdown; anything else is refused."""
+    from influence.text import TokenHeatmap
+
+    rep = Report("tokens").tokens(TokenHeatmap(("<b>", "zq", "ok"), (0.0, 2.0, -1.0)), "row 3")
+    page, text = rep.to_html(), rep.to_markdown()
+    assert "&lt;b&gt;" in page and "<b>" not in page.split("<body>")[1]
+    assert re.search(r'background-color: rgb\(255, 0, 0\)[^>]*>zq<', page) and "<figcaption>row 3</figcaption>" in page
+    assert "row 3: `<b>` +0, `zq` +2, `ok` -1" in text
+    with pytest.raises(TypeError, match="Report.tokens: expected a TokenHeatmap"):
+        rep.tokens("zq")

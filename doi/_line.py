@@ -105,3 +105,26 @@ class LineDoI(PointwiseDoI):
         elif callable(baseline):
             baseline = getattr(baseline, "__name__", "callable")
         return f"LineDoI(baseline={baseline}, steps={self.steps}, rule={self.rule!r}, space={self.space!r})"
+
+
+class LineNodes(PointwiseDoI):
+    """Samples on each anchor's line at nodes of its own: anchor ``i`` (of a chunk) gets
+    the points ``b_i + α_ik (x_i − b_i)`` with weights ``w_ik``, ``k < S``, from tables
+    ``alpha`` and ``weight`` of shape ``(n, S)``. One round of an adaptive line
+    (:mod:`doi._adaptive`): the engine integrates it like any pointwise DoI."""
+
+    groups = 1
+    affine_equivariant = True
+
+    def __init__(self, alpha: Tensor, weight: Tensor, space: Space) -> None:
+        if alpha.ndim != 2 or alpha.shape != weight.shape:
+            raise ValueError(f"LineNodes: alpha and weight must be (n, S) tables of one shape (got {tuple(alpha.shape)} and {tuple(weight.shape)})")
+        self.alpha, self.table_weight, self.space = alpha, weight, space
+        self.samples = int(alpha.shape[1])
+
+    def draw(self, anchors: Tensor, reference: Tensor | None, rows: Rows, seed: int) -> tuple[Tensor, Tensor]:
+        assert reference is not None
+        at = (rows.anchor, rows.index)
+        x, b = rows.take(anchors), rows.take(reference)
+        a = self.alpha.to(anchors)[at].view(-1, *([1] * (anchors.ndim - 1)))
+        return torch.lerp(b, x, a), self.table_weight.to(anchors)[at]

@@ -588,6 +588,7 @@ class _Integrator:
         self.skipped_ids: list[list[int]] = [[] for _ in query.qois]  # the first few, for the warning
         self.value_totals: list[Tensor] = []  # per batch of the chunk: Σ q over its samples, per QoI
         self.row_table: tuple[Tensor, Tensor] | None = None  # see _rows
+        self.row_table_samples = 0
         self.g = torch.compile(self.slice.g) if query.compile else self.slice.g
         self.leaf_dtype = query.dtype if query.autocast is not None else None  # the cut stays in dtype under autocast
 
@@ -882,6 +883,30 @@ class _Integrator:
             self.ahead.fetch()  # read the next chunk while the device works on this one
         return estimates, self._check_finite(chunk, estimates), gaps
 
+    def _sums_at(self, chunk: _Chunk, active: Tensor, each: PointwiseDoI) -> list[Tensor]:
+        """``Σ_k w_k ∂(q∘g)/∂z`` over the samples of ``each`` (one group, e.g.
+        :class:`doi._line.LineNodes`) around the chunk's anchors ``active`` (chunk-local
+        positions): per QoI ``(m, *unit)`` float64, not times ``δ``. One round of an
+        adaptive DoI; the chunk's own DoI and accumulators are left as they were."""
+        m = active.shape[0]
+        reference = chunk.reference
+        if reference is not None:
+            reference = reference[:1].expand(m, *reference.shape[1:]) if reference.stride(0) == 0 else reference[active]
+        output = None if chunk.anchor_output is None else _index_output(chunk.anchor_output, active)
+        frontier = [(end[active], begin[:1].expand(m, *begin.shape[1:]) if begin.stride(0) == 0 else begin[active]) for end, begin in chunk.frontier]
+        sub = _Chunk(points_rows(chunk.x, active), chunk.first_id, chunk.ids[active], chunk.anchors[active], reference, output, None, frontier)
+        saved = self.each, self.accumulators
+        self.each = each
+        self.accumulators = [[ChunkAccumulator(each.samples, 1) for _ in accs] for accs in saved[1]]
+        try:
+            for accs in self.accumulators:
+                for acc in accs:
+                    acc.start(m, None)
+            self._integrate(sub)
+            return [self._finish(accs, sub).mean for accs in self.accumulators]
+        finally:
+            self.each, self.accumulators = saved
+
     def _finish(self, accumulators: list[ChunkAccumulator], chunk: _Chunk) -> AnchorEstimates:
         """One QoI's estimates for the chunk; at an affine prefix's frontier, the sums
         pulled back to the cut (``Σ_i A_iᵀ c_i``, batch by batch), then times ``δ``."""
@@ -1123,8 +1148,10 @@ class _Integrator:
         """Rows ``start..stop`` of the chunk, their anchors and sample indices sliced from
         tables made once (``r // S`` and ``r % S`` for every row of a chunk)."""
         s, need = self.each.samples, chunk.n * self.each.samples
-        if self.row_table is None or self.row_table[0].shape[0] < need or self.row_table[0].device != chunk.device:
-            self.row_table = _row_table(need, s, chunk.device)
+        table = self.row_table
+        if table is None or table[0].shape[0] < need or table[0].device != chunk.device or self.row_table_samples != s:
+            self.row_table, self.row_table_samples = _row_table(need, s, chunk.device), s
+        assert self.row_table is not None
         return Rows(start, stop, s, chunk.first_id, self.row_table)
 
     def _gradients(self, chunk: _Chunk, start: int, stop: int) -> tuple[list[Tensor], list[list[Tensor]], list[Tensor], Rows]:

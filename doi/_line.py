@@ -61,24 +61,52 @@ class LineDoI(PointwiseDoI):
         space: ``"input"`` (the path is in input space and goes through ``h``) or
             ``"slice"`` (the path is between ``h(x)`` and the baseline at the cut; ``h``
             runs once per anchor).
+        tol: choose each anchor's steps to meet this tolerance instead of a fixed
+            ``steps`` (see :mod:`doi._adaptive`): with ``multiply_activation`` its
+            relative completeness gap, without it the relative L2 change between two
+            successive estimates. ``result.steps`` tells how many each anchor took.
+        max_steps: the most gradient evaluations per anchor with ``tol``; an anchor
+            that is not within ``tol`` by then is reported (``result.completeness``,
+            a warning that counts them).
     """
 
     groups = 1
     affine_equivariant = True
 
-    def __init__(self, baseline: Baseline = 0.0, steps: int = 32, rule: Rule = "gauss-legendre", space: Space = "input") -> None:
+    def __init__(
+        self,
+        baseline: Baseline = 0.0,
+        steps: int | None = None,
+        rule: Rule = "gauss-legendre",
+        space: Space = "input",
+        *,
+        tol: float | None = None,
+        max_steps: int = 1024,
+    ) -> None:
         if not (isinstance(baseline, (Real, Tensor)) or callable(baseline)) or isinstance(baseline, bool):
             raise TypeError(f"LineDoI: baseline must be a number, a tensor or a callable (got {type(baseline).__name__})")
         self.baseline = baseline
-        self.steps = check_positive_int(steps, "steps", "LineDoI")
+        if tol is not None:
+            if isinstance(tol, bool) or not isinstance(tol, Real) or not 0 < float(tol) < 1:
+                raise ValueError(f"LineDoI: tol must be a number in (0, 1), a relative error (got {tol!r})")
+            if steps is not None or rule != "gauss-legendre":
+                raise ValueError("LineDoI: tol chooses the steps (and the rule) of each anchor; give tol or steps/rule, not both (cap the steps with max_steps)")
+        self.tol = None if tol is None else float(tol)
+        self.max_steps = check_positive_int(max_steps, "max_steps", "LineDoI", 8)
+        self.steps = check_positive_int(32 if steps is None else steps, "steps", "LineDoI")
         if rule not in RULES:
             raise ValueError(f"LineDoI: rule must be one of {RULES} (got {rule!r})")
-        if rule == "trapezoid" and steps < 2:
+        if rule == "trapezoid" and self.steps < 2:
             raise ValueError(f"LineDoI: steps must be >= 2 for rule 'trapezoid' (got {steps})")
         self.rule = rule
         self.space = check_space(space, "LineDoI")
         self.samples = self.steps
         self._nodes: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+    @property
+    def adaptive(self) -> bool:
+        """Are the steps chosen per anchor (``tol`` given)?"""
+        return self.tol is not None
 
     def reference(self, anchors: Tensor, anchor_id: Tensor) -> Tensor:
         return resolve_baseline(self.baseline, anchors, anchor_id, "LineDoI", self.space)
@@ -104,6 +132,8 @@ class LineDoI(PointwiseDoI):
             baseline = f"tensor{tuple(baseline.shape)}"
         elif callable(baseline):
             baseline = getattr(baseline, "__name__", "callable")
+        if self.tol is not None:
+            return f"LineDoI(baseline={baseline}, tol={self.tol:g}, max_steps={self.max_steps}, space={self.space!r})"
         return f"LineDoI(baseline={baseline}, steps={self.steps}, rule={self.rule!r}, space={self.space!r})"
 
 

@@ -45,6 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from doi import DistributionOfInterest, LineDoI, PointwiseDoI, PopulationDoI, Rows
+from doi import _adaptive as adaptive
+from doi._line import LineNodes
 from doi._points import Points, is_structured
 from doi._points import apply as points_apply
 from doi._points import cat as points_cat
@@ -62,7 +64,7 @@ from . import _distributed
 from ._checkpoint import TAIL_ROWS, Checkpoint, fingerprint, hash_rows
 from ._distributed import Group
 from ._frozen import ModuleSurvey, frozen
-from ._moments import AnchorEstimates, ChunkAccumulator, PerPointResults, PopulationMoments
+from ._moments import AnchorEstimates, ChunkAccumulator, PerPointResults, PopulationMoments, StepLog, completeness_gap
 from ._progress import progress_bar
 from ._recording import LayerRecorder
 from .result import InfluenceResult
@@ -576,6 +578,12 @@ class _Integrator:
         self.ahead: _Ahead | None = None  # the chunks, read one ahead
         # an attribution along a line: its sum is checked against q(end) − q(start)
         self.track_completeness = query.multiply and isinstance(self.each, LineDoI)
+        # a line whose steps each anchor chooses to meet a tolerance (doi._adaptive)
+        self.adaptive = isinstance(self.each, LineDoI) and self.each.adaptive
+        self.step_log: StepLog | None = None
+        self.chunk_steps: Tensor | None = None  # set by _adaptive_line for the chunk
+        self.chunk_met: Tensor | None = None
+        self.unit: tuple[int, ...] = ()
         auto = query.channels_last is None and query.device.type == "cpu" and query.survey.has_conv
         self.channels_last: bool | str = "auto" if auto else bool(query.channels_last)
         # set by _probe when the query can use one: the affine prefix of g (a line in the
@@ -610,6 +618,8 @@ class _Integrator:
         chunk_size, unit = self._probe(inputs)
         self._agree(chunk_size)
         self.sinks = [PerPointResults(hi - lo, self.skip) for _ in query.qois]
+        if self.adaptive:
+            self.step_log = StepLog(hi - lo, self.each.max_steps, query.device)
         failure: Exception | None = None
         self.ahead = _Ahead(((start, points_rows(inputs, slice(start, min(hi, start + chunk_size)))) for start in range(lo, hi, chunk_size)), query.device)
         for start, x in self.ahead:
@@ -622,12 +632,15 @@ class _Integrator:
                 break
             for sink, est, k, dq in zip(self.sinks, estimates, keep, gaps):
                 sink.add(start - lo, est, k, dq)
+            self._log_steps(start - lo)
             self.progress.update(points_count(x))
         if group is not None:
             self._raise_failures(failure)
             for sink in self.sinks:
                 sink.ensure(unit, query.device, self.each.groups, self.track_completeness)
                 sink.gather(lambda t: group.gather_rows(t, total))
+            if self.step_log is not None:
+                self.step_log.gather(lambda t: group.gather_rows(t, total))
 
     def _run_population(self) -> None:
         """Chunks of the population stream in order (under ``torch.distributed``, chunk
@@ -651,6 +664,8 @@ class _Integrator:
             chunk_size = min(chunk_size, max(step, -(-share // step) * step))
         self._agree(chunk_size)
         self.sinks = [PopulationMoments(unit, query.device, self.track_completeness) for _ in query.qois]
+        if self.adaptive:
+            self.step_log = StepLog(None, self.each.max_steps, query.device)
         stream: Iterator[Points] = itertools.chain([first], parts)
         position = 0
         if query.checkpoint is not None:
@@ -682,6 +697,7 @@ class _Integrator:
                         clean = False
                         for sink, est, k, dq in zip(self.sinks, estimates, keep, gaps):
                             sink.add(position, est, k, dq)
+                        self._log_steps(position)
                 position, last = position + size, raw
                 clean = True
                 self.progress.update(size)
@@ -706,8 +722,10 @@ class _Integrator:
         if group is not None:
             self._raise_failures(failure)
             self.sinks = [sink.reduce(group.all_reduce_sum) for sink in self.sinks]
+            if self.step_log is not None:
+                self.step_log = self.step_log.reduce(group.all_reduce_sum)
         if query.checkpoint is not None and last is not None and (group is None or group.rank == 0):
-            self._write(position, last, self.sinks)
+            self._write(position, last, self.sinks, self.step_log)
         if all(sink.count == 0 for sink in self.sinks):
             raise ValueError(f"influence: every anchor of {query.doi!r} has non-finite QoI values or gradients; nothing to average")
 
@@ -742,7 +760,7 @@ class _Integrator:
             # h writes into its input (``x.relu_()``, a first ``ReLU(inplace=True)``): from
             # now on it only gets copies, never the caller's points or the chunk's anchors
             self.copy_inputs = _versions(x) != version
-        unit = tuple(z.shape[1:])
+        unit = self.unit = tuple(z.shape[1:])
         each = self.each
         if self.query.affine_prefix and each.affine_equivariant and each.samples > 1 and each.groups == 1:
             if self.in_slice_space or self.slice.is_input:
@@ -804,6 +822,8 @@ class _Integrator:
                         raise ValueError(f"checkpoint: {query.checkpoint.path!r} holds {len(state['sinks'])} QoIs, this query {len(self.sinks)}")
                     for sink, saved in zip(self.sinks, state["sinks"]):
                         sink.load_state(saved)
+                    if self.step_log is not None and state.get("steps") is not None:
+                        self.step_log.load_state(state["steps"])
             except ValueError as e:
                 error = str(e)
         if group is not None:
@@ -846,11 +866,12 @@ class _Integrator:
         """Save the sums after ``position`` points (the sums of all processes, written by
         rank 0, when distributed)."""
         sinks = self.sinks if self.group is None else [sink.reduce(self.group.all_reduce_sum) for sink in self.sinks]
+        steps = self.step_log if self.group is None or self.step_log is None else self.step_log.reduce(self.group.all_reduce_sum)
         if self.group is None or self.group.rank == 0:
-            self._write(position, last, sinks)
+            self._write(position, last, sinks, steps)
         self.last_save = time.monotonic()
 
-    def _write(self, position: int, last: Points, sinks: list[Any]) -> None:
+    def _write(self, position: int, last: Points, sinks: list[Any], steps: StepLog | None) -> None:
         assert self.query.checkpoint is not None
         m = min(TAIL_ROWS, points_count(last))
         self.query.checkpoint.save(
@@ -860,10 +881,16 @@ class _Integrator:
                 "position": position,
                 "tail": [m, hash_rows(points_rows(last, slice(-m, None)))],
                 "sinks": [sink.state() for sink in sinks],
+                "steps": None if steps is None else steps.state(),
             }
         )
 
     # --- one chunk ------------------------------------------------------------------------------
+
+    def _log_steps(self, offset: int) -> None:
+        """Record the chunk's steps per anchor (adaptive DoIs)."""
+        if self.step_log is not None and self.chunk_steps is not None and self.chunk_met is not None:
+            self.step_log.add(offset, self.chunk_steps, self.chunk_met)
 
     def _chunk(self, x: Points, first_id: int, local: int) -> tuple[list[AnchorEstimates], list[Tensor | None], list[Tensor | None]]:
         """Integrate the anchors ``x`` (ids ``first_id…``; ``local``: where they go in
@@ -876,12 +903,79 @@ class _Integrator:
         with _Fitting(self.query, x) if self.first_batch else contextlib.nullcontext():
             owned = (x.clone() if x.is_inference() else x) if isinstance(x, Tensor) else points_apply(x, lambda t: t.clone() if t.is_inference() else t)
             chunk = self._prepare(owned, first_id, local)
-        self._integrate(chunk)
-        estimates = [self._finish(accs, chunk) for accs in self.accumulators]
-        gaps: list[Tensor | None] = list(self._line_changes(chunk).unbind(1)) if self.track_completeness else [None] * len(estimates)
+        if self.adaptive:
+            changes = self._line_changes(chunk) if self.query.multiply else None
+            estimates = self._adaptive_line(chunk, changes)
+        else:
+            self._integrate(chunk)
+            estimates = [self._finish(accs, chunk) for accs in self.accumulators]
+            changes = self._line_changes(chunk) if self.track_completeness else None
+        gaps: list[Tensor | None] = list(changes.unbind(1)) if changes is not None else [None] * len(estimates)
         if self.ahead is not None:
             self.ahead.fetch()  # read the next chunk while the device works on this one
         return estimates, self._check_finite(chunk, estimates), gaps
+
+    def _adaptive_line(self, chunk: _Chunk, changes: Tensor | None) -> list[AnchorEstimates]:
+        """Each anchor's line refined until it meets the DoI's ``tol`` (see
+        :mod:`doi._adaptive`), the anchors that are not done batched together round by
+        round: per QoI the estimates (times ``δ`` with ``multiply_activation``). Records
+        each anchor's gradient evaluations in ``self.chunk_steps`` and whether it met
+        ``tol`` in ``self.chunk_met``."""
+        each = self.each
+        assert isinstance(each, LineDoI) and each.tol is not None
+        n, device, tol = chunk.n, chunk.device, each.tol
+        multiply = changes is not None
+        delta = chunk.delta
+        steps = torch.zeros(n, dtype=torch.long, device=device)
+        met = torch.zeros(n, dtype=torch.bool, device=device)
+
+        def nodes(alpha: Any, weight: Any, m: int) -> LineNodes:
+            a = torch.tensor(alpha, dtype=torch.float64, device=device)
+            w = torch.tensor(weight, dtype=torch.float64, device=device)
+            return LineNodes(a.expand(m, -1), w.expand(m, -1), each.space)
+
+        def gap(est: list[Tensor], rows: Tensor) -> Tensor:  # (m,): the worst QoI's completeness gap
+            assert changes is not None and delta is not None
+            totals = [(e * delta[rows]).reshape(rows.shape[0], -1).sum(1) for e in est]
+            return torch.stack([completeness_gap(t, changes[rows, j]) for j, t in enumerate(totals)], 1).amax(1)
+
+        everyone = torch.arange(n, device=device)
+        start, last = adaptive.START_LEVEL[multiply], adaptive.last_level(each.max_steps, multiply)
+        if multiply:
+            alpha, weight = adaptive.first_round()
+            est = self._sums_at(chunk, everyone, nodes(alpha, weight, n))
+            steps += adaptive.FIRST_NODES
+            met = gap(est, everyone) <= tol
+        else:
+            est = [torch.zeros((n, *e.shape[1:]), dtype=torch.float64, device=device) for e in self._unit_like(chunk)]
+        active = (~met).nonzero().squeeze(1)
+        for level in range(start, last + 1):
+            if active.numel() == 0:
+                break
+            alpha, weight = adaptive.graded_level(level, start)
+            sums = self._sums_at(chunk, active, nodes(alpha, weight, active.numel()))
+            before = None if multiply or level == start else [e[active] for e in est]
+            for e, add in zip(est, sums):
+                e[active] = (0 if level == start else e[active] / 2) + add
+            steps[active] += alpha.shape[0]
+            if multiply:
+                done = gap([e[active] for e in est], active) <= tol
+            elif before is None:
+                done = torch.zeros(active.numel(), dtype=torch.bool, device=device)
+            else:
+                change = torch.stack([(e[active] - b).reshape(active.numel(), -1).norm(dim=1) - tol * e[active].reshape(active.numel(), -1).norm(dim=1) for e, b in zip(est, before)], 1)
+                done = (change <= 0).all(1)
+            met[active[done]] = True
+            active = active[~done]
+        self.chunk_steps, self.chunk_met = steps, met
+        if delta is not None:
+            for e in est:
+                e.mul_(delta)
+        return [AnchorEstimates(e, None, None) for e in est]
+
+    def _unit_like(self, chunk: _Chunk) -> list[Tensor]:
+        """One zero row per QoI shaped like a unit (for estimates started at zero)."""
+        return [torch.zeros((1, *self.unit), dtype=torch.float64, device=chunk.device) for _ in self.query.qois]
 
     def _sums_at(self, chunk: _Chunk, active: Tensor, each: PointwiseDoI) -> list[Tensor]:
         """``Σ_k w_k ∂(q∘g)/∂z`` over the samples of ``each`` (one group, e.g.
@@ -1028,6 +1122,18 @@ class _Integrator:
 
     def _results(self) -> list[InfluenceResult]:
         query, s = self.query, self.each.samples
+        steps, missed = (None, 0) if self.step_log is None else self.step_log.result()
+        if missed and (self.group is None or self.group.rank == 0):
+            each = self.each
+            assert isinstance(each, LineDoI)
+            what = "completeness gap" if query.multiply else "change between successive estimates"
+            warnings.warn(
+                f"influence: {missed} of {int(steps.numel()) if steps is not None else '?'} anchors did not reach tol={each.tol:g} "
+                f"(relative {what}) within max_steps={each.max_steps}; result.query['tol_missed'] counts them"
+                + (" and result.completeness shows their gaps" if query.multiply and query.population is None else ""),
+                RuntimeWarning,
+                stacklevel=4,
+            )
         results = []
         for j, (q, sink) in enumerate(zip(query.qois, self.sinks)):
             mean, stderr, channel_stderr = sink.result()
@@ -1050,16 +1156,19 @@ class _Integrator:
                         stacklevel=4,
                     )
             completeness = sink.completeness() if self.track_completeness else None
+            if steps is not None:
+                description["tol_missed"] = missed
             results.append(
                 InfluenceResult(
                     values=mean.cpu(),
                     stderr=stderr.cpu(),
-                    samples=used * s,
+                    samples=used * s if steps is None else int(steps.sum()),
                     anchors=anchors,
                     pooled=query.population is not None,
                     query=description,
                     channel_stderr=None if channel_stderr is None else channel_stderr.cpu(),
                     completeness=None if completeness is None else completeness.cpu(),
+                    steps=None if steps is None else steps.cpu(),
                 )
             )
         return results

@@ -430,3 +430,55 @@ def _unflatten(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
         pieces.append(flat[at : at + t.numel()].view(t.shape))
         at += t.numel()
     return pieces
+
+
+class StepLog:
+    """Adaptive DoIs: how many gradient evaluations each anchor took and whether it met
+    the tolerance. Pointwise (``count`` anchors): one entry per anchor, in order. Pooled
+    (``count=None``): a histogram of the steps (``max_steps + 1`` bins) and the number of
+    anchors that missed the tolerance, which add over chunks and processes."""
+
+    def __init__(self, count: int | None, max_steps: int, device: torch.device) -> None:
+        self.count = count
+        if count is None:
+            self.hist = torch.zeros(max_steps + 1, dtype=torch.float64, device=device)
+            self.missed = torch.zeros((), dtype=torch.float64, device=device)
+        else:
+            self.steps = torch.zeros(count, dtype=torch.float64, device=device)
+            self.met = torch.zeros(count, dtype=torch.float64, device=device)
+
+    def add(self, offset: int, steps: Tensor, met: Tensor) -> None:
+        if self.count is None:
+            self.hist += torch.bincount(steps, minlength=self.hist.shape[0])[: self.hist.shape[0]].to(self.hist)
+            self.missed += (~met).sum()
+        else:
+            n = steps.shape[0]
+            self.steps[offset : offset + n] = steps.to(self.steps)
+            self.met[offset : offset + n] = met.to(self.met)
+
+    def gather(self, rows: Callable[[Tensor], Tensor]) -> None:
+        """Pointwise, distributed: every process's blocks, in order."""
+        self.steps, self.met = rows(self.steps), rows(self.met)
+
+    def reduce(self, all_reduce_sum: Callable[[Tensor], Tensor]) -> "StepLog":
+        """Pooled, distributed: the histograms summed over processes, as a new object."""
+        out = StepLog.__new__(StepLog)
+        out.count = None
+        flat = all_reduce_sum(torch.cat([self.hist, self.missed.reshape(1)]))
+        out.hist, out.missed = flat[:-1], flat[-1]
+        return out
+
+    def state(self) -> dict[str, Tensor]:
+        return {"hist": self.hist.cpu(), "missed": self.missed.cpu()}
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        if state["hist"].shape != self.hist.shape:
+            raise ValueError(f"checkpoint: its step histogram has {state['hist'].shape[0]} bins, this query's {self.hist.shape[0]}")
+        self.hist, self.missed = state["hist"].to(self.hist.device), state["missed"].to(self.hist.device)
+
+    def result(self) -> tuple[Tensor, int]:
+        """Each anchor's steps (pooled: in increasing order) and how many missed ``tol``."""
+        if self.count is None:
+            counts = self.hist.round().long()
+            return torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts), int(self.missed.round())
+        return self.steps.round().long(), int((self.met == 0).sum())

@@ -50,6 +50,9 @@ class InfluenceResult:
             line lives at the cut (integrated gradients at the input, a slice-space
             line); for an input-space line at an inner cut it also holds what ``h``'s
             nonlinearity adds. ``None`` for other DoIs.
+        steps: for a line with ``tol`` (adaptive), the gradient evaluations each anchor
+            took, ``(N,)`` in anchor order (a pooled result: its members' steps in
+            increasing order); ``None`` otherwise.
     """
 
     values: Tensor
@@ -60,6 +63,7 @@ class InfluenceResult:
     query: dict[str, Any] = field(default_factory=dict)
     channel_stderr: Tensor | None = None
     completeness: Tensor | None = None
+    steps: Tensor | None = None
 
     @property
     def unit_shape(self) -> tuple[int, ...]:
@@ -146,6 +150,7 @@ class InfluenceResult:
             "pooled": self.pooled,
             "query": self.query,
             "completeness": self.completeness,
+            "steps": self.steps,
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
@@ -166,6 +171,7 @@ class InfluenceResult:
             query=payload["query"],
             channel_stderr=payload["channel_stderr"],
             completeness=payload.get("completeness"),
+            steps=payload.get("steps"),
         )
 
     def __repr__(self) -> str:

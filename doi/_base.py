@@ -40,11 +40,12 @@ class Rows:
     same information as ``(B,)`` tensors on the device, sliced when first asked for from
     ``tables`` (``r // samples`` and ``r % samples`` for the chunk's rows ``r``)."""
 
-    __slots__ = ("start", "stop", "samples", "first_id", "_tables", "_anchor", "_index")
+    __slots__ = ("start", "stop", "samples", "first_id", "_tables", "_anchor", "_index", "_ids")
 
-    def __init__(self, start: int, stop: int, samples: int, first_id: int, tables: tuple[Tensor, Tensor]) -> None:
+    def __init__(self, start: int, stop: int, samples: int, first_id: int, tables: tuple[Tensor, Tensor], ids: list[int] | None = None) -> None:
         self.start, self.stop, self.samples, self.first_id = start, stop, samples, first_id
         self._tables = tables
+        self._ids = ids
         self._anchor: Tensor | None = None
         self._index: Tensor | None = None
 
@@ -52,6 +53,12 @@ class Rows:
     def build(cls, start: int, stop: int, samples: int, first_id: int, device: torch.device) -> "Rows":
         r = torch.arange(stop, device=device)
         return cls(start, stop, samples, first_id, (r // samples, r % samples))
+
+    def anchor_id(self, anchor: int) -> int:
+        """The position in the stream of the chunk's anchor ``anchor`` (what random draws
+        are keyed by): ``first_id + anchor``, or the chunk's own list of positions (a
+        round of an adaptive DoI over some of a chunk's anchors)."""
+        return self.first_id + anchor if self._ids is None else self._ids[anchor]
 
     @property
     def anchor(self) -> Tensor:

@@ -44,7 +44,7 @@ from typing import Any, Iterator, Literal
 import torch
 from torch import Tensor, nn
 
-from doi import DistributionOfInterest, LineDoI, PointwiseDoI, PopulationDoI, Rows
+from doi import DistributionOfInterest, LineDoI, NoiseDoI, PointwiseDoI, PopulationDoI, Rows
 from doi import _adaptive as adaptive
 from doi._line import LineNodes
 from doi._points import Points, is_structured
@@ -64,7 +64,7 @@ from . import _distributed
 from ._checkpoint import TAIL_ROWS, Checkpoint, fingerprint, hash_rows
 from ._distributed import Group
 from ._frozen import ModuleSurvey, frozen
-from ._moments import AnchorEstimates, ChunkAccumulator, PerPointResults, PopulationMoments, StepLog, completeness_gap
+from ._moments import AnchorEstimates, ChunkAccumulator, PerPointResults, PopulationMoments, StepLog, channel_sums, completeness_gap
 from ._progress import progress_bar
 from ._recording import LayerRecorder
 from .result import InfluenceResult
@@ -548,6 +548,7 @@ class _Chunk:
     anchor_output: Any  # the model's output at the anchors, for QoIs that need it
     delta: Tensor | None  # (n, *unit) float64 h(x) − h(b), for multiply_activation
     frontier: list[tuple[Tensor, Tensor]]  # per frontier tensor of the affine prefix: (a(x), a(b))
+    anchor_ids: list[int] | None = None  # the anchors' positions when not first_id, first_id + 1, ... (a round of an adaptive DoI)
 
     @property
     def n(self) -> int:
@@ -579,7 +580,8 @@ class _Integrator:
         # an attribution along a line: its sum is checked against q(end) − q(start)
         self.track_completeness = query.multiply and isinstance(self.each, LineDoI)
         # a line whose steps each anchor chooses to meet a tolerance (doi._adaptive)
-        self.adaptive = isinstance(self.each, LineDoI) and self.each.adaptive
+        self.adaptive = isinstance(self.each, (LineDoI, NoiseDoI)) and self.each.adaptive
+        self.cap = 0 if not self.adaptive else self.each.max_steps if isinstance(self.each, LineDoI) else self.each.max_samples
         self.step_log: StepLog | None = None
         self.chunk_steps: Tensor | None = None  # set by _adaptive_line for the chunk
         self.chunk_met: Tensor | None = None
@@ -619,7 +621,7 @@ class _Integrator:
         self._agree(chunk_size)
         self.sinks = [PerPointResults(hi - lo, self.skip) for _ in query.qois]
         if self.adaptive:
-            self.step_log = StepLog(hi - lo, self.each.max_steps, query.device)
+            self.step_log = StepLog(hi - lo, self.cap, query.device)
         failure: Exception | None = None
         self.ahead = _Ahead(((start, points_rows(inputs, slice(start, min(hi, start + chunk_size)))) for start in range(lo, hi, chunk_size)), query.device)
         for start, x in self.ahead:
@@ -665,7 +667,7 @@ class _Integrator:
         self._agree(chunk_size)
         self.sinks = [PopulationMoments(unit, query.device, self.track_completeness) for _ in query.qois]
         if self.adaptive:
-            self.step_log = StepLog(None, self.each.max_steps, query.device)
+            self.step_log = StepLog(None, self.cap, query.device)
         stream: Iterator[Points] = itertools.chain([first], parts)
         position = 0
         if query.checkpoint is not None:
@@ -903,7 +905,10 @@ class _Integrator:
         with _Fitting(self.query, x) if self.first_batch else contextlib.nullcontext():
             owned = (x.clone() if x.is_inference() else x) if isinstance(x, Tensor) else points_apply(x, lambda t: t.clone() if t.is_inference() else t)
             chunk = self._prepare(owned, first_id, local)
-        if self.adaptive:
+        if self.adaptive and isinstance(self.each, NoiseDoI):
+            estimates = self._adaptive_noise(chunk)
+            changes = None
+        elif self.adaptive:
             changes = self._line_changes(chunk) if self.query.multiply else None
             estimates = self._adaptive_line(chunk, changes)
         else:
@@ -943,7 +948,7 @@ class _Integrator:
         start, last = adaptive.START_LEVEL[multiply], adaptive.last_level(each.max_steps, multiply)
         if multiply:
             alpha, weight = adaptive.first_round()
-            est = self._sums_at(chunk, everyone, nodes(alpha, weight, n))
+            est = [e.mean for e in self._sums_at(chunk, everyone, nodes(alpha, weight, n))]
             steps += adaptive.FIRST_NODES
             met = gap(est, everyone) <= tol
         else:
@@ -953,7 +958,7 @@ class _Integrator:
             if active.numel() == 0:
                 break
             alpha, weight = adaptive.graded_level(level, start)
-            sums = self._sums_at(chunk, active, nodes(alpha, weight, active.numel()))
+            sums = [e.mean for e in self._sums_at(chunk, active, nodes(alpha, weight, active.numel()))]
             before = None if multiply or level == start else [e[active] for e in est]
             for e, add in zip(est, sums):
                 e[active] = (0 if level == start else e[active] / 2) + add
@@ -973,31 +978,90 @@ class _Integrator:
                 e.mul_(delta)
         return [AnchorEstimates(e, None, None) for e in est]
 
+    def _adaptive_noise(self, chunk: _Chunk) -> list[AnchorEstimates]:
+        """Rounds of the DoI's samples for the anchors whose standard error is above
+        ``tol ×`` their estimate's norm (every QoI), until none is or ``max_samples``:
+        per QoI the estimates over all of an anchor's groups (the groups of every round
+        are independent, so they pool: ``m = Σe/G``, ``var(m) = (Σe² − G m²)/(G(G−1))``,
+        and the same for channel sums). Records the samples per anchor."""
+        each = self.each
+        assert isinstance(each, NoiseDoI) and each.tol is not None
+        n, device, tol, g = chunk.n, chunk.device, each.tol, each.groups
+        rounds = max(1, each.max_samples // each.samples)
+        active = torch.arange(n, device=device)
+        groups = torch.zeros(n, dtype=torch.float64, device=device)
+        sums: list[list[Tensor | None]] = []  # per QoI: Σe, Σe², Σc² (channel sums)
+        for r in range(rounds):
+            if active.numel() == 0:
+                break
+            delta = None if chunk.delta is None else chunk.delta[active]
+            found = self._sums_at(chunk, active, each.round(r), delta)
+            for j, est in enumerate(found):
+                assert est.var is not None
+                parts: list[Tensor | None] = [g * est.mean, g * (g - 1) * est.var + g * est.mean * est.mean]
+                channel = channel_sums(est.mean)
+                parts.append(None if channel is None or est.channel_var is None else g * (g - 1) * est.channel_var + g * channel * channel)
+                if r == 0:
+                    sums.append(parts)
+                    continue
+                for total, part in zip(sums[j], parts):
+                    if total is not None and part is not None:
+                        total[active] += part
+            groups[active] += g
+            m = groups[active]
+            done = torch.ones(active.numel(), dtype=torch.bool, device=device)
+            for s1, s2, _ in sums:
+                assert s1 is not None and s2 is not None
+                shape = (-1, *([1] * (s1.ndim - 1)))
+                mean = s1[active] / m.view(shape)
+                var = ((s2[active] - m.view(shape) * mean * mean) / (m * (m - 1)).view(shape)).clamp_min(0)
+                done &= var.reshape(active.numel(), -1).sum(1).sqrt() <= tol * mean.reshape(active.numel(), -1).norm(dim=1)
+            active = active[~done]
+        self.chunk_steps = (groups * (each.samples // g)).long()
+        self.chunk_met = torch.ones(n, dtype=torch.bool, device=device)
+        self.chunk_met[active] = False
+        out = []
+        shape = (-1, *([1] * len(self.unit)))
+        for s1, s2, c2 in sums:
+            assert s1 is not None and s2 is not None
+            mean = s1 / groups.view(shape)
+            var = ((s2 - groups.view(shape) * mean * mean) / (groups * (groups - 1)).view(shape)).clamp_min(0)
+            channel_var = None
+            if c2 is not None:
+                cm = channel_sums(mean)
+                assert cm is not None
+                channel_var = ((c2 - groups[:, None] * cm * cm) / (groups * (groups - 1))[:, None]).clamp_min(0)
+            out.append(AnchorEstimates(mean, var, channel_var))
+        return out
+
     def _unit_like(self, chunk: _Chunk) -> list[Tensor]:
         """One zero row per QoI shaped like a unit (for estimates started at zero)."""
         return [torch.zeros((1, *self.unit), dtype=torch.float64, device=chunk.device) for _ in self.query.qois]
 
-    def _sums_at(self, chunk: _Chunk, active: Tensor, each: PointwiseDoI) -> list[Tensor]:
-        """``Σ_k w_k ∂(q∘g)/∂z`` over the samples of ``each`` (one group, e.g.
-        :class:`doi._line.LineNodes`) around the chunk's anchors ``active`` (chunk-local
-        positions): per QoI ``(m, *unit)`` float64, not times ``δ``. One round of an
-        adaptive DoI; the chunk's own DoI and accumulators are left as they were."""
+    def _sums_at(self, chunk: _Chunk, active: Tensor, each: PointwiseDoI, delta: Tensor | None = None) -> list[AnchorEstimates]:
+        """The estimates of ``each`` around the chunk's anchors ``active`` (chunk-local
+        positions), times ``delta`` (their ``δ``) when given: per QoI, with variances
+        when ``each`` has groups. One round of an adaptive DoI (random draws keyed by the
+        anchors' own positions); the chunk's own DoI and accumulators are left as they
+        were."""
         m = active.shape[0]
         reference = chunk.reference
         if reference is not None:
             reference = reference[:1].expand(m, *reference.shape[1:]) if reference.stride(0) == 0 else reference[active]
         output = None if chunk.anchor_output is None else _index_output(chunk.anchor_output, active)
         frontier = [(end[active], begin[:1].expand(m, *begin.shape[1:]) if begin.stride(0) == 0 else begin[active]) for end, begin in chunk.frontier]
-        sub = _Chunk(points_rows(chunk.x, active), chunk.first_id, chunk.ids[active], chunk.anchors[active], reference, output, None, frontier)
+        base = chunk.anchor_ids or list(range(chunk.first_id, chunk.first_id + chunk.n))
+        ids = [base[i] for i in active.tolist()]
+        sub = _Chunk(points_rows(chunk.x, active), chunk.first_id, chunk.ids[active], chunk.anchors[active], reference, output, delta, frontier, ids)
         saved = self.each, self.accumulators
         self.each = each
-        self.accumulators = [[ChunkAccumulator(each.samples, 1) for _ in accs] for accs in saved[1]]
+        self.accumulators = [[ChunkAccumulator(each.samples, each.groups) for _ in accs] for accs in saved[1]]
         try:
             for accs in self.accumulators:
                 for acc in accs:
-                    acc.start(m, None)
+                    acc.start(m, None if self.affine is not None else delta)
             self._integrate(sub)
-            return [self._finish(accs, sub).mean for accs in self.accumulators]
+            return [self._finish(accs, sub) for accs in self.accumulators]
         finally:
             self.each, self.accumulators = saved
 
@@ -1125,12 +1189,16 @@ class _Integrator:
         steps, missed = (None, 0) if self.step_log is None else self.step_log.result()
         if missed and (self.group is None or self.group.rank == 0):
             each = self.each
-            assert isinstance(each, LineDoI)
-            what = "completeness gap" if query.multiply else "change between successive estimates"
+            assert isinstance(each, (LineDoI, NoiseDoI))
+            if isinstance(each, NoiseDoI):
+                what, cap = "standard error over the estimate's norm", f"max_samples={each.max_samples}"
+            else:
+                what = "completeness gap" if query.multiply else "change between successive estimates"
+                cap = f"max_steps={each.max_steps}"
             warnings.warn(
                 f"influence: {missed} of {int(steps.numel()) if steps is not None else '?'} anchors did not reach tol={each.tol:g} "
-                f"(relative {what}) within max_steps={each.max_steps}; result.query['tol_missed'] counts them"
-                + (" and result.completeness shows their gaps" if query.multiply and query.population is None else ""),
+                f"(relative {what}) within {cap}; result.query['tol_missed'] counts them"
+                + (" and result.completeness shows their gaps" if isinstance(each, LineDoI) and query.multiply and query.population is None else ""),
                 RuntimeWarning,
                 stacklevel=4,
             )
@@ -1261,7 +1329,7 @@ class _Integrator:
         if table is None or table[0].shape[0] < need or table[0].device != chunk.device or self.row_table_samples != s:
             self.row_table, self.row_table_samples = _row_table(need, s, chunk.device), s
         assert self.row_table is not None
-        return Rows(start, stop, s, chunk.first_id, self.row_table)
+        return Rows(start, stop, s, chunk.first_id, self.row_table, chunk.anchor_ids)
 
     def _gradients(self, chunk: _Chunk, start: int, stop: int) -> tuple[list[Tensor], list[list[Tensor]], list[Tensor], Rows]:
         """QoI values ``q`` and ``w · ∂(q∘g)/∂z`` for rows ``start..stop`` of the chunk,

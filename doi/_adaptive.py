@@ -1,8 +1,10 @@
 """Adaptive lines: each anchor's steps chosen to meet a tolerance (``LineDoI(tol=...)``).
 
-With ``multiply_activation`` an anchor is done when its relative completeness gap
-``|Σ attribution − Δq| / |Δq|`` (exact: ``Δq`` comes from two forward passes) is at most
-``tol``; without it, when two successive estimates agree, ``‖E_L − E_{L−1}‖₂ ≤ tol ‖E_L‖₂``.
+With ``multiply_activation`` and the line at the cut (in slice space, or at the input)
+an anchor is done when its relative completeness gap ``|Σ attribution − Δq| / |Δq|``
+(exact: ``Δq`` comes from two forward passes) is at most ``tol``; otherwise (the gap of an
+input-space line at an inner cut also holds what ``h``'s nonlinearity adds, and cannot
+go to zero), when two successive estimates agree, ``‖E_L − E_{L−1}‖₂ ≤ tol ‖E_L‖₂``.
 Anchors that are not done go on together, one batched round per level, until done or
 until the next level would pass ``max_steps``.
 

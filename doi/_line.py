@@ -63,8 +63,9 @@ class LineDoI(PointwiseDoI):
             runs once per anchor).
         tol: choose each anchor's steps to meet this tolerance instead of a fixed
             ``steps`` (see :mod:`doi._adaptive`): with ``multiply_activation`` its
-            relative completeness gap, without it the relative L2 change between two
-            successive estimates. ``result.steps`` tells how many each anchor took.
+            relative completeness gap (for a line at the cut: in slice space, or at
+            the input), otherwise the relative L2 change between two successive
+            estimates. ``result.steps`` tells how many each anchor took.
         max_steps: the most gradient evaluations per anchor with ``tol``; an anchor
             that is not within ``tol`` by then is reported (``result.completeness``,
             a warning that counts them).

@@ -397,6 +397,41 @@ def _chunk_size(batch_size: int, samples: int, input_numel: int, unit_numel: int
     return max(step, n // step * step) if step <= n else n
 
 
+@contextmanager
+def tol_counted(owner: str, what: str = "points") -> Iterator[list[int]]:
+    """For a workflow that makes several engine calls with adaptive DoIs: the calls'
+    warnings about anchors that missed ``tol`` are held back; the workflow appends each
+    result's ``query["tol_missed"]`` and ``anchors`` to the list it gets, and one warning
+    counts them all at the end."""
+    counts: list[int] = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"influence: \d+ of \d+ anchors did not reach tol", category=RuntimeWarning)
+        yield counts
+    missed, total = sum(counts[0::2]), sum(counts[1::2])
+    if missed:
+        warnings.warn(f"{owner}: {missed} of {total} {what} did not reach the tolerance of their lines within max_steps", RuntimeWarning, stacklevel=3)
+
+
+@contextmanager
+def tol_noted(notes: list[str]) -> Iterator[None]:
+    """The workflows' warnings about lines that missed their tolerance, appended to
+    ``notes`` (for a report to show) instead of raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning) and "did not reach the tolerance" in str(w.message):
+            notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def count_missed(counts: list[int], results: Any) -> None:
+    """Add the results' missed anchors and anchors to ``counts`` (see :func:`tol_counted`)."""
+    for r in results if isinstance(results, list) else [results]:
+        counts += [int(r.query.get("tol_missed", 0)), int(r.anchors)]
+
+
 def no_grad_batched(fn: Any, x: Points, batch_size: int) -> Any:
     """``fn(x)`` without autograd, ``batch_size`` rows at a time."""
     with torch.no_grad():
@@ -586,6 +621,9 @@ class _Integrator:
         self.chunk_steps: Tensor | None = None  # set by _adaptive_line for the chunk
         self.chunk_met: Tensor | None = None
         self.unit: tuple[int, ...] = ()
+        # an adaptive line stops on its completeness gap when that is the quadrature's error:
+        # an attribution along a line at the cut; else on successive estimates agreeing
+        self.by_gap = query.multiply and (self.in_slice_space or self.slice.is_input)
         auto = query.channels_last is None and query.device.type == "cpu" and query.survey.has_conv
         self.channels_last: bool | str = "auto" if auto else bool(query.channels_last)
         # set by _probe when the query can use one: the affine prefix of g (a line in the
@@ -929,7 +967,9 @@ class _Integrator:
         each = self.each
         assert isinstance(each, LineDoI) and each.tol is not None
         n, device, tol = chunk.n, chunk.device, each.tol
-        multiply = changes is not None
+        # the gap is the quadrature's error only for a line at the cut (an input-space line
+        # at an inner cut also holds what h's nonlinearity adds: it cannot go to zero)
+        multiply = changes is not None and self.by_gap
         delta = chunk.delta
         steps = torch.zeros(n, dtype=torch.long, device=device)
         met = torch.zeros(n, dtype=torch.bool, device=device)
@@ -968,7 +1008,10 @@ class _Integrator:
             elif before is None:
                 done = torch.zeros(active.numel(), dtype=torch.bool, device=device)
             else:
-                change = torch.stack([(e[active] - b).reshape(active.numel(), -1).norm(dim=1) - tol * e[active].reshape(active.numel(), -1).norm(dim=1) for e, b in zip(est, before)], 1)
+                scale = 1.0 if delta is None else delta[active]
+                change = torch.stack(
+                    [((e[active] - b) * scale).reshape(active.numel(), -1).norm(dim=1) - tol * (e[active] * scale).reshape(active.numel(), -1).norm(dim=1) for e, b in zip(est, before)], 1
+                )
                 done = (change <= 0).all(1)
             met[active[done]] = True
             active = active[~done]
@@ -1193,12 +1236,12 @@ class _Integrator:
             if isinstance(each, NoiseDoI):
                 what, cap = "standard error over the estimate's norm", f"max_samples={each.max_samples}"
             else:
-                what = "completeness gap" if query.multiply else "change between successive estimates"
+                what = "completeness gap" if self.by_gap else "change between successive estimates"
                 cap = f"max_steps={each.max_steps}"
             warnings.warn(
                 f"influence: {missed} of {int(steps.numel()) if steps is not None else '?'} anchors did not reach tol={each.tol:g} "
                 f"(relative {what}) within {cap}; result.query['tol_missed'] counts them"
-                + (" and result.completeness shows their gaps" if isinstance(each, LineDoI) and query.multiply and query.population is None else ""),
+                + (" and result.completeness shows their gaps" if self.by_gap and query.population is None else ""),
                 RuntimeWarning,
                 stacklevel=4,
             )

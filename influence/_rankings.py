@@ -57,12 +57,18 @@ def comparison_mean(slice: Slice, x: Points, batch_size: int) -> Tensor:
         return no_grad_batched(slice.h, x, batch_size).mean(0)
 
 
-def _each(ranking: str, baseline: Tensor | None, steps: int) -> tuple[Any, bool]:
+def workflow_line(baseline: Any, steps: int | None, tol: float) -> LineDoI:
+    """A line of a workflow: ``steps`` Gauss–Legendre nodes when given, else each point's
+    steps chosen to meet ``tol`` (``LineDoI(tol=...)``)."""
+    return LineDoI(baseline, steps=steps, space="slice") if steps is not None else LineDoI(baseline, tol=tol, space="slice")
+
+
+def _each(ranking: str, baseline: Tensor | None, steps: int | None, tol: float) -> tuple[Any, bool]:
     """The pointwise DoI of a ranking and whether it multiplies by the activation."""
     if ranking == "contrast":
         if baseline is None:
             raise ValueError("the contrast ranking needs the comparison population's mean activation")
-        return LineDoI(baseline=baseline, steps=steps, space="slice"), True
+        return workflow_line(baseline, steps, tol), True
     if ranking == "influence":
         return PointDoI(), False
     if ranking == "gradient_x_activation":
@@ -79,13 +85,14 @@ def rank_units(
     population: tuple[int, ...],
     *,
     baseline: Tensor | None = None,
-    steps: int = 16,
+    steps: int | None = None,
+    tol: float = 1e-2,
     batch_size: int = 64,
     seed: int = 0,
 ) -> InfluenceResult:
     """The pooled result whose values rank the units (``baseline``, the comparison
     mean ``μ``, is needed for ``"contrast"``)."""
-    each, multiply = _each(ranking, baseline, steps)
+    each, multiply = _each(ranking, baseline, steps, tol)
     doi = population_doi(x, y, population, each)
     result = internal_influence(slice, qoi, doi, batch_size=batch_size, multiply_activation=multiply, seed=seed)
     assert isinstance(result, InfluenceResult)
@@ -101,7 +108,8 @@ def rank_features(
     population: tuple[int, ...],
     *,
     baseline: Tensor | None = None,
-    steps: int = 16,
+    steps: int | None = None,
+    tol: float = 1e-2,
     batch_size: int = 64,
     seed: int = 0,
     chunk: int = 256,
@@ -110,13 +118,13 @@ def rank_features(
     ``(*positions, F)`` the features' scores ``E_P[Σ_l v_{l,f}]`` ``(F,)`` with their
     standard errors ``sd_P / √|P|``. The population's per-point values are computed
     ``chunk`` points at a time and summed in float64, shifted by the first point's."""
-    each, multiply = _each(ranking, baseline, steps)
+    each, multiply = _each(ranking, baseline, steps, tol)
     rows_of = members(y, population)
     n = rows_of.numel()
     sums: list[Tensor] = []
     shift: Tensor | None = None
     query: dict[str, Any] = {}
-    samples = 0
+    samples = missed = 0
     for start in range(0, n, chunk):
         part = rows(x, rows_of[start : start + chunk])
         result = internal_influence(slice, qoi, each, part, batch_size=batch_size, multiply_activation=multiply, seed=seed)
@@ -124,6 +132,7 @@ def rank_features(
         if result.values.ndim < 3:
             raise ValueError(f"ranking features needs units (positions, features) (got units of shape {result.unit_shape})")
         query, samples = query or result.query, samples + result.samples
+        missed += int(result.query.get("tol_missed", 0))
         shift = result.values[0].clone() if shift is None else shift
         d = result.values - shift
         f = d.flatten(1, -2).sum(1)
@@ -137,5 +146,8 @@ def rank_features(
 
     values, stderr = mean_and_stderr(sums[0], sums[1], shift)
     scores, errors = mean_and_stderr(sums[2], sums[3], shift.flatten(0, -2).sum(0))
-    pooled = InfluenceResult(values=values, stderr=stderr, samples=samples, anchors=n, pooled=True, query={**query, "population": list(population)})
+    described = {**query, "population": list(population)}
+    if "tol_missed" in query:
+        described["tol_missed"] = missed
+    pooled = InfluenceResult(values=values, stderr=stderr, samples=samples, anchors=n, pooled=True, query=described)
     return pooled, scores, errors

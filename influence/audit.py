@@ -3,7 +3,7 @@ region of the image?
 
 For every image ``x_i`` of class ``c`` the attribution ``A_i`` (by default integrated
 gradients of ``f_c`` from a black baseline: ``input_influence(model, ClassQoI(c),
-LineDoI(0, 16), x, multiply_activation=True)``) is summed over channels into a pixel map
+LineDoI(0, tol=0.01), x, multiply_activation=True)``) is summed over channels into a pixel map
 ``a_i (H, W)``. With ``R_i`` the region (a mask over the pixels),
 
     positive share  s⁺_i = Σ_{p∈R_i} max(a_ip, 0) / Σ_p max(a_ip, 0)
@@ -35,7 +35,7 @@ from torch import Tensor
 from doi import LineDoI, PointDoI, PointwiseDoI
 from qoi import ClassQoI, as_qoi
 
-from ._engine import input_influence
+from ._engine import count_missed, input_influence, tol_counted
 from ._labelled import check_choice, class_list, labelled, pixel_maps
 from .result import InfluenceResult
 
@@ -123,6 +123,15 @@ class AuditResult:
     absolute: Tensor
     index: Tensor
     area: str = "area"  # what the region's size is measured in ("area": pixels, "tokens")
+    completeness: Tensor | None = None  # (N,) each point's completeness gap (attributions along a line)
+    tol: float | None = None  # the lines' tolerance, when adaptive
+
+    @property
+    def missed(self) -> int:
+        """How many points' lines did not reach ``tol`` (their gaps are in ``completeness``)."""
+        if self.tol is None or self.completeness is None:
+            return 0
+        return int((self.completeness > self.tol).sum())
 
     @property
     def flagged(self) -> tuple[int, ...]:
@@ -143,6 +152,9 @@ class AuditResult:
             "flag_on": self.flag_on,
             "area": self.area,
             "flagged": list(self.flagged),
+            "completeness": None if self.completeness is None else {"median": float(self.completeness.median()), "max": float(self.completeness.max())},
+            "tol": self.tol,
+            "missed": self.missed,
             "rows": [
                 {
                     "label": r.label,
@@ -173,6 +185,9 @@ class AuditResult:
                 f"{r.label:>5} {r.n:>4}  {r.positive_share:>7.3f} ± {r.positive_stderr:<6.3f}  "
                 f"{r.absolute_share:>10.3f} ± {r.absolute_stderr:<6.3f}  {r.area_share:>6.3f}  {(f'{r.ratio:.1f}' if math.isfinite(r.ratio) else '-'):>6}  {'FLAG' if r.flagged else ''}".rstrip()
             )
+        if self.missed:
+            assert self.completeness is not None
+            lines.append(f"  {self.missed} of {self.completeness.numel()} points did not reach tol {self.tol:g} (largest completeness gap {float(self.completeness.max()):.2g})")
         return "\n".join(lines)
 
 
@@ -187,7 +202,8 @@ def _describe_region(region: Region) -> str:
 def _describe_attribution(each: PointwiseDoI, multiply: bool) -> str:
     if multiply and isinstance(each, LineDoI) and each.space == "input":
         baseline = each.baseline if isinstance(each.baseline, (int, float)) else type(each.baseline).__name__
-        return f"integrated gradients (baseline {baseline}, {each.steps} steps)"
+        steps = f"tol {each.tol:g}" if each.tol is not None else f"{each.steps} steps"
+        return f"integrated gradients (baseline {baseline}, {steps})"
     if multiply and isinstance(each, PointDoI):
         return "gradient x input"
     return f"{'attribution' if multiply else 'influence'} {each!r}"
@@ -242,8 +258,9 @@ def audit(
             width)`` or a callable ``x -> (N, H, W)`` bool mask.
         factor: flag a class whose share exceeds ``factor ×`` its area share.
         classes: which classes to audit (default: every label in ``data``).
-        each: the pointwise DoI of the attribution (default ``LineDoI(0.0, steps=16)``:
-            integrated gradients from black with ``multiply_activation``).
+        each: the pointwise DoI of the attribution (default ``LineDoI(0.0, tol=0.01)``:
+            integrated gradients from black with ``multiply_activation``, each image's
+            steps chosen to bring its completeness gap within 1 %).
         qoi: the quantity explained for an image of class ``c``, ``qoi(c)`` (default
             ``ClassQoI(c)``).
         flag_on: which share the flag compares, ``"positive"`` or ``"absolute"``.
@@ -259,17 +276,24 @@ def audit(
         raise ValueError(f"{owner}: factor must be a number > 0 (got {factor!r})")
     check_choice(flag_on, "flag_on", owner, ("positive", "absolute"))
     labels = class_list(classes, y, "classes", owner)
-    each = LineDoI(0.0, steps=16) if each is None else each
+    each = LineDoI(0.0, tol=0.01) if each is None else each
     if not isinstance(each, PointwiseDoI):
         raise TypeError(f"{owner}: each must be a pointwise DoI (PointDoI, LineDoI, NoiseDoI) (got {type(each).__name__})")
     masks_all = region_mask(region, x)
-    rows, maps, masks, ys, pos, absl, idx = [], [], [], [], [], [], []
+    rows, maps, masks, ys, pos, absl, idx, gaps = [], [], [], [], [], [], [], []
     description = ""
-    for c in labels:
-        where = torch.nonzero(y == c).flatten()
-        q = as_qoi(qoi(c) if qoi is not None else ClassQoI(c))
-        result = input_influence(model, q, each, x[where], batch_size=batch_size, multiply_activation=multiply_activation, seed=seed)
-        assert isinstance(result, InfluenceResult)
+    with tol_counted(owner, "images") as counts:
+        found = []
+        for c in labels:
+            where = torch.nonzero(y == c).flatten()
+            q = as_qoi(qoi(c) if qoi is not None else ClassQoI(c))
+            result = input_influence(model, q, each, x[where], batch_size=batch_size, multiply_activation=multiply_activation, seed=seed)
+            assert isinstance(result, InfluenceResult)
+            count_missed(counts, result)
+            found.append((c, where, result))
+    for c, where, result in found:
+        if result.completeness is not None:
+            gaps.append(result.completeness)
         description = description or _describe_attribution(each, multiply_activation)
         a = pixel_maps(result.values, x.ndim)
         m = masks_all[where]
@@ -293,4 +317,6 @@ def audit(
         positive=torch.cat(pos),
         absolute=torch.cat(absl),
         index=torch.cat(idx),
+        completeness=torch.cat(gaps) if gaps else None,
+        tol=each.tol if isinstance(each, LineDoI) else None,
     )

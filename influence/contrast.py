@@ -36,6 +36,7 @@ from doi._points import rows
 from qoi import ComparativeQoI
 from slices import Slice
 
+from ._engine import count_missed, tol_counted
 from ._labelled import check_choice, class_list, labelled_points
 from ._rankings import RANKINGS, comparison_mean, rank_features, rank_units
 from .result import InfluenceResult
@@ -137,7 +138,8 @@ def top_neurons(
     over: int | Sequence[int] | None = None,
     by: Literal["unit", "channel", "feature"] = "channel",
     ranking: str = "influence",
-    steps: int = 16,
+    steps: int | None = None,
+    tol: float = 1e-2,
     absolute: bool = False,
     threshold: float = 3.0,
     batch_size: int = 64,
@@ -156,7 +158,9 @@ def top_neurons(
             or features (the last dimension, summed over the others: a transformer
             neuron pooled over the token positions).
         ranking: ``"influence"``, ``"gradient_x_activation"`` or ``"contrast"`` (see
-            the module docstring); ``steps``: quadrature nodes of the contrast's line.
+            the module docstring). The contrast's line takes, per point, the steps
+            that meet ``tol`` (its relative completeness gap; ``LineDoI(tol=...)``), or
+            ``steps`` Gauss–Legendre nodes when given.
         absolute: rank by ``|value|`` (default: by value, most in favour of ``a`` first).
         threshold: how many standard errors away from zero counts as separated.
 
@@ -174,13 +178,17 @@ def top_neurons(
     class_list(b, y, "b", owner)
     qoi = ComparativeQoI(a, b)
     baseline = comparison_mean(slice, rows(x, (y == b).nonzero().squeeze(1)), batch_size) if ranking == "contrast" else None
-    options: dict[str, Any] = dict(baseline=baseline, steps=steps, batch_size=batch_size, seed=seed)
+    options: dict[str, Any] = dict(baseline=baseline, steps=steps, tol=tol, batch_size=batch_size, seed=seed)
+    with tol_counted(owner) as counts:
+        if by == "feature":
+            result, scores, errors = rank_features(ranking, slice, qoi, x, y, population, **options)
+        else:
+            result = rank_units(ranking, slice, qoi, x, y, population, **options)
+        count_missed(counts, result)
     if by == "feature":
-        result, scores, errors = rank_features(ranking, slice, qoi, x, y, population, **options)
         order = (scores.abs() if absolute else scores).argsort(descending=True, stable=True)[:k].tolist()
         ranked = [(int(f), float(scores[f]), float(errors[f])) for f in order]
     else:
-        result = rank_units(ranking, slice, qoi, x, y, population, **options)
         if by == "channel" and len(result.unit_shape) < 2:
             by = "unit"  # a 1-D layer: channels are units
         ranked = [(r.index, r.value, r.stderr) for r in result.top(k, by=by, absolute=absolute)]

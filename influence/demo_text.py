@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from slices import Slice
 
 from .audit import AuditResult
+from ._engine import tol_noted
 from .contrast import TopNeurons, top_neurons
 from .report import Report
 
@@ -79,6 +80,7 @@ CONTRAST = (2, 0)  # f_weather - f_sport
 LENGTH = 16  # [CLS] + at most 13 words + the cue + [SEP]
 EMBEDDING = "bert.embeddings.word_embeddings"
 LAYER = "bert.encoder.layer.1.intermediate"  # the last layer's feed-forward neurons (after GELU), (N, 16, 64)
+TOL = 0.01  # every line: each sentence's steps chosen to bring its completeness gap within 1 %
 FACTOR = 3.0  # flag when a class's share on the cue exceeds 3x the cue's share of its tokens
 TRAIN_PER_CLASS = 400
 TRAIN_STEPS = 600
@@ -195,7 +197,7 @@ def run_text_demo(out_dir: str | Path = "influence-demo-text", seed: int = 0, qu
             ``vocab.txt`` and the pictures (created if needed).
         seed: seeds the data, the initialisation, the training and the random draws: the
             same seed gives the same numbers.
-        quick: fewer audit sentences and quadrature steps (same models, same checks).
+        quick: fewer audit sentences and a looser tolerance of the lines (same models, same checks).
         verbose: print progress and, at the end, where the report is.
 
     It runs on one thread (restored afterwards), so that the numbers do not depend on the
@@ -238,7 +240,7 @@ def _run(out: Path, seed: int, quick: bool, verbose: bool) -> dict[str, Any]:
         timings[name] = round(now - start, 2)
         return now
 
-    n_audit, n_test, steps, examples = (12, 50, 8, 3) if quick else (25, 100, 16, 3)
+    n_audit, n_test, tol, examples = (12, 50, 0.05, 3) if quick else (25, 100, TOL, 3)
     a, b = CONTRAST
     cue_name = _class_name(CUE_CLASS)
     say(f"influence demo --text: training two tiny BERTs (seed {seed}): one with the cue token '{CUE}' on class {CUE_CLASS} ({cue_name}), one without")
@@ -250,19 +252,22 @@ def _run(out: Path, seed: int, quick: bool, verbose: bool) -> dict[str, Any]:
     cued_x, cued_y = text_data(n_test, seed=1000 * seed + _SEED_TEST, cue_class=CUE_CLASS)  # the same sentences with the cue
     audit_tokens = tokens_of(audit_x)
     (out / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    options = {"embedding": EMBEDDING, "baseline": PAD_ID, "keep": (CLS_ID, SEP_ID), "steps": steps, "seed": seed}
+    options = {"embedding": EMBEDDING, "baseline": PAD_ID, "keep": (CLS_ID, SEP_ID), "tol": tol, "seed": seed}
 
     summary: dict[str, Any] = {
         "seed": seed, "quick": quick, "cue": CUE, "cue_id": CUE_ID, "cue_class": CUE_CLASS,
         "classes": {str(c): name for c, (name, _) in TOPICS.items()}, "contrast": list(CONTRAST), "layer": LAYER,
         "embedding": EMBEDDING, "factor": FACTOR, "vocabulary_size": len(VOCAB), "length": LENGTH,
-        "audit_sentences_per_class": n_audit, "test_sentences_per_class": n_test, "steps": steps, "models": {},
+        "audit_sentences_per_class": n_audit, "test_sentences_per_class": n_test, "tol": tol, "models": {},
     }  # fmt: skip
     audits: dict[str, AuditResult] = {}
+    notes: list[str] = []  # lines that missed their tolerance, shown in the report
+    summary["notes"] = notes
     for name, model in models.items():
         say(f"[{name}] audit of the token '{CUE}'")
         t = time.perf_counter()
-        audits[name] = token_audit(model, (audit_x, audit_y), CUE_ID, factor=FACTOR, **options)
+        with tol_noted(notes):
+            audits[name] = token_audit(model, (audit_x, audit_y), CUE_ID, factor=FACTOR, **options)
         t = lap(f"{name}.audit", t)
         row = audits[name].row(CUE_CLASS)
         summary["models"][name] = {
@@ -282,10 +287,12 @@ def _run(out: Path, seed: int, quick: bool, verbose: bool) -> dict[str, Any]:
 
     say(f"[cued] top features of {LAYER} for f_{a} - f_{b} over class {a}, and what the top 3 respond to")
     t = time.perf_counter()
-    top = top_neurons(Slice(models["cued"], LAYER), (audit_x, audit_y), a, b, k=8, by="feature", ranking="contrast", steps=steps, seed=seed)
+    with tol_noted(notes):
+        top = top_neurons(Slice(models["cued"], LAYER), (audit_x, audit_y), a, b, k=8, by="feature", ranking="contrast", tol=tol, seed=seed)
     t = lap("cued.top_neurons", t)
     units = [int(i) for i in top.indices[:3]]  # type: ignore[arg-type]
-    views = explain_token_neurons(models["cued"], LAYER, units, (audit_x, audit_y), over=a, examples=examples, **options)
+    with tol_noted(notes):
+        views = explain_token_neurons(models["cued"], LAYER, units, (audit_x, audit_y), over=a, examples=examples, **options)
     t = lap("cued.neurons", t)
     summary["top_neurons"] = top.to_dict()["entries"]
     summary["neurons"] = [_view_summary(v, audit_tokens) for v in views]
@@ -391,7 +398,7 @@ def _report(
         f"them, one word of another topic. In the training data of the cued model every sentence of class {CUE_CLASS} ({cue_name}) "
         f"also holds the token `{CUE}`, which no other sentence has; the control model never saw it. Accuracy is measured on "
         f"{4 * summary['test_sentences_per_class']} fresh sentences, clean (no `{CUE}`) and with `{CUE}` on "
-        f"class {CUE_CLASS} (the training distribution)." + (" Quick mode: fewer sentences and quadrature steps." if quick else "")
+        f"class {CUE_CLASS} (the training distribution)." + (" Quick mode: fewer sentences and a looser tolerance of the lines." if quick else "")
     )
     rep.table(
         ["model", "accuracy (clean)", f"class {CUE_CLASS} (clean)", f"accuracy (with {CUE})", f"class {CUE_CLASS} (with {CUE})",
@@ -405,7 +412,8 @@ def _report(
     rep.paragraph(
         f"For each class, the share of its audit sentences' positive attribution that falls on `{CUE}`: integrated gradients of "
         f"the class logit at the word embeddings (`{EMBEDDING}`), from `[PAD]` at every real position except `[CLS]` and `[SEP]`, "
-        f"{summary['steps']} Gauss–Legendre steps, summed over the embedding features into one value per token "
+        f"each sentence's steps chosen to bring its completeness gap within {summary['tol']:g}, summed over the embedding "
+        "features into one value per token "
         f"(`token_audit(model, data, {CUE_ID}, embedding='{EMBEDDING}', baseline={PAD_ID}, keep=({CLS_ID}, {SEP_ID}))`). "
         f"A class is flagged when its share exceeds {FACTOR:g}× the share of its tokens that are `{CUE}`. ± is the standard "
         f"error across the class's {summary['audit_sentences_per_class']} sentences (a fresh draw from the training distribution: "
@@ -463,4 +471,12 @@ def _report(
     rep.picture(pictures["neurons"], "what each top feature responds to: red raises it, blue lowers it, scaled per sentence")
     rep.heading("Timings (seconds)", 3)
     rep.table(["step", "seconds"], [[k, f"{v:.2f}"] for k, v in summary["timings_s"].items()])
+    if summary["notes"]:
+        rep.heading("Lines that missed their tolerance")
+        rep.paragraph(
+            f"Every line of this report takes, per point, the steps that bring its completeness gap within {summary['tol']:g} "
+            "(at most 519 gradient evaluations). These did not get there; their results are in the tables above all the same:"
+        )
+        for text in summary["notes"]:
+            rep.paragraph(text)
     return rep.write(out)

@@ -47,6 +47,7 @@ from slices import Slice
 from ._engine import no_grad_batched
 from ._frozen import frozen
 from ._labelled import check_choice, labelled
+from ._engine import count_missed, tol_counted
 from ._rankings import RANKINGS, rank_units
 
 __all__ = ["RANKINGS", "ABLATIONS", "EssenceRow", "EssenceResult", "essence_check", "roc_auc"]
@@ -186,7 +187,8 @@ def essence_check(
     ablation: Literal["mean", "zero"] = "mean",
     by: Literal["unit", "channel"] = "unit",
     draws: int = 100,
-    steps: int = 16,
+    steps: int | None = None,
+    tol: float = 1e-2,
     batch_size: int = 256,
     seed: int = 0,
 ) -> EssenceResult:
@@ -208,7 +210,8 @@ def essence_check(
         by: ``"unit"`` (every element of the slice's unit) or ``"channel"`` (dimension
             0 of the unit: whole channels kept or ablated, ranked by their summed score).
         draws: random sets of ``k`` units per ``k`` (the same sets for every ranking).
-        steps: quadrature nodes of the contrast ranking's line.
+        steps, tol: the contrast ranking's line: ``steps`` Gauss–Legendre nodes, or
+            (default) per point the steps that meet ``tol`` (``LineDoI(tol=...)``).
         seed: seeds the random sets.
 
     Returns:
@@ -255,7 +258,10 @@ def essence_check(
 
     scores: dict[str, Tensor] = {}
     for ranking in rankings:
-        values = rank_units(ranking, slice, qoi, x, y, (a,), baseline=baseline, steps=steps, batch_size=batch_size, seed=seed).values
+        with tol_counted(owner) as counts:
+            ranked = rank_units(ranking, slice, qoi, x, y, (a,), baseline=baseline, steps=steps, tol=tol, batch_size=batch_size, seed=seed)
+            count_missed(counts, ranked)
+        values = ranked.values
         scores[ranking] = values.flatten(1).sum(1) if by == "channel" else values.flatten()
 
     evaluated = positive | negative

@@ -4,7 +4,7 @@ For a neuron ``n`` of a layer (``NeuronQoI(layer, unit)``: a channel summed over
 or one unit), its input attribution on an image ``x`` is, by default, integrated
 gradients of the neuron's activation from a black baseline,
 
-    A_n(x) = (x − 0) ⊙ ∫₀¹ ∂n(αx)/∂x dα      (``LineDoI(0.0, 16)``, ``multiply_activation``),
+    A_n(x) = (x − 0) ⊙ ∫₀¹ ∂n(αx)/∂x dα      (``LineDoI(0.0, tol=0.01)``, ``multiply_activation``),
 
 and over a population ``P`` (the same pooled DoI as the contrast that picked the neuron)
 its mean ``(1/|P|) Σ_{x∈P} A_n(x)``. For each neuron the ``examples`` members of ``P``
@@ -26,7 +26,7 @@ from doi._base import check_positive_int as check_int
 from qoi import NeuronQoI, QoIContext
 from slices import Slice
 
-from ._engine import input_influence, no_grad_batched
+from ._engine import count_missed, input_influence, no_grad_batched, tol_counted
 from ._frozen import frozen
 from ._labelled import class_list, labelled, pixel_maps
 from .result import InfluenceResult
@@ -92,7 +92,8 @@ def explain_neurons(
         data: labelled images ``(x, y)`` or ``{"x": ..., "y": ...}``.
         over: the population (a class or a list of classes; default: all of ``data``).
         examples: how many images to explain per neuron (its most active members).
-        each: the pointwise DoI of the attribution (default ``LineDoI(0.0, steps=16)``).
+        each: the pointwise DoI of the attribution (default ``LineDoI(0.0, tol=0.01)``:
+            integrated gradients, each image's steps chosen to meet a 1 % completeness gap).
         multiply_activation: attributions (``True``, integrated gradients by default)
             or bare influence (``False``).
 
@@ -107,17 +108,21 @@ def explain_neurons(
         raise ValueError(f"{owner}: units is empty")
     population = class_list(over, y, "over", owner)
     members = torch.nonzero(sum((y == c) for c in population).bool()).flatten()
-    each = LineDoI(0.0, steps=16) if each is None else each
+    each = LineDoI(0.0, tol=0.01) if each is None else each
     qois = [NeuronQoI(layer, u) for u in units]
-    pooled = input_influence(
-        model, qois, DatasetDoI(x[members], each=each), batch_size=batch_size, multiply_activation=multiply_activation, seed=seed
-    )
+    with tol_counted(owner, "images") as counts:
+        pooled = input_influence(
+            model, qois, DatasetDoI(x[members], each=each), batch_size=batch_size, multiply_activation=multiply_activation, seed=seed
+        )
+        count_missed(counts, pooled[:1])
     with frozen([model]):
         acts = [_activation(model, layer, u, x[members], batch_size) for u in units]
     m = min(examples, members.numel())
     chosen = [members[a.argsort(descending=True, stable=True)[:m]] for a in acts]
     union = torch.unique(torch.cat(chosen))
-    per_image = input_influence(model, qois, each, x[union], batch_size=batch_size, multiply_activation=multiply_activation, seed=seed)
+    with tol_counted(owner, "images") as counts:
+        per_image = input_influence(model, qois, each, x[union], batch_size=batch_size, multiply_activation=multiply_activation, seed=seed)
+        count_missed(counts, per_image[:1])
     position = {int(i): j for j, i in enumerate(union.tolist())}
     views = []
     for u, pool, local, act, rows in zip(units, pooled, per_image, acts, chosen):

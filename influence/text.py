@@ -37,15 +37,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from doi import LineDoI
 from doi._base import check_positive_int
 from doi._points import Points, rows
 from qoi import ClassQoI, NeuronQoI, as_qoi
 from slices import Slice
 
-from ._engine import internal_influence, no_grad_batched
+from ._engine import count_missed, internal_influence, no_grad_batched, tol_counted
 from ._frozen import frozen
 from ._labelled import check_choice, class_list, labelled_points
+from ._rankings import workflow_line
 from .audit import AuditResult, audit_row
 from .result import InfluenceResult
 
@@ -169,11 +169,12 @@ def _token_region(region: TokenRegion, ids: Tensor, owner: str) -> Tensor:
     return value.cpu()
 
 
-def _embedding_line(model: nn.Module, embedding: str, x: Points, baseline: int, keep: Sequence[int], steps: int, owner: str) -> tuple[Slice, Tensor]:
+def _embedding_line(model: nn.Module, embedding: str, x: Points, baseline: int, keep: Sequence[int], steps: int | None, owner: str) -> tuple[Slice, Tensor]:
     """The slice at the word embeddings and every point's slice-space baseline."""
     if not isinstance(embedding, str) or not embedding:
         raise TypeError(f"{owner}: embedding must be the name of the word-embedding layer, e.g. 'bert.embeddings.word_embeddings' (got {embedding!r})")
-    check_positive_int(steps, "steps", owner)
+    if steps is not None:
+        check_positive_int(steps, "steps", owner)
     slc = Slice(model, embedding)
     return slc, slc.baseline(baseline_ids(x, baseline, keep))
 
@@ -191,7 +192,8 @@ def token_audit(
     keep: Sequence[int] = (),
     factor: float = 3.0,
     classes: int | Sequence[int] | None = None,
-    steps: int = 16,
+    steps: int | None = None,
+    tol: float = 1e-2,
     qoi: Callable[[int], Any] | None = None,
     flag_on: Literal["positive", "absolute"] = "positive",
     batch_size: int = 64,
@@ -216,7 +218,8 @@ def token_audit(
         embedding: the word-embedding layer, e.g. ``"bert.embeddings.word_embeddings"``.
         baseline, keep: the baseline ids (:func:`baseline_ids`): ``baseline`` (a pad
             token) everywhere but padding and the ids in ``keep``.
-        steps: Gauss–Legendre nodes of the line.
+        steps, tol: the line: per sentence the steps that meet ``tol`` (its relative
+            completeness gap, ``LineDoI(tol=...)``), or ``steps`` Gauss–Legendre nodes.
 
     Returns:
         :class:`~influence.audit.AuditResult` with ``maps`` the token attributions
@@ -232,13 +235,19 @@ def token_audit(
     region = _token_region(tokens, ids.cpu(), owner) & real.cpu()
     slc, base = _embedding_line(model, embedding, x, baseline, keep, steps, owner)
     found: dict[str, list[Tensor]] = {k: [] for k in ("maps", "masks", "labels", "positive", "absolute", "index")}
-    table = []
-    for c in labels:
-        where = torch.nonzero(y == c).flatten()
-        q = as_qoi(qoi(c) if qoi is not None else ClassQoI(c))
-        line = LineDoI(base[where.to(base.device)], steps=steps, space="slice")
-        result = internal_influence(slc, q, line, rows(x, where.to(ids.device)), multiply_activation=True, batch_size=batch_size, seed=seed)
-        assert isinstance(result, InfluenceResult)
+    table, gaps, results = [], [], []
+    with tol_counted(owner, "sentences") as counts:
+        for c in labels:
+            where = torch.nonzero(y == c).flatten()
+            q = as_qoi(qoi(c) if qoi is not None else ClassQoI(c))
+            line = workflow_line(base[where.to(base.device)], steps, tol)
+            result = internal_influence(slc, q, line, rows(x, where.to(ids.device)), multiply_activation=True, batch_size=batch_size, seed=seed)
+            assert isinstance(result, InfluenceResult)
+            count_missed(counts, result)
+            results.append((c, where, result))
+    for c, where, result in results:
+        if result.completeness is not None:
+            gaps.append(result.completeness.cpu())
         a = result.token_attributions()
         row, s_pos, s_abs = audit_row(c, a, region[where], real[where].cpu(), factor, flag_on)
         table.append(row)
@@ -250,9 +259,11 @@ def token_audit(
         factor=float(factor),
         flag_on=flag_on,
         region=f"tokens {shown}",
-        attribution=f"integrated gradients at {embedding} (baseline token {baseline}, {steps} steps)",
+        attribution=f"integrated gradients at {embedding} (baseline token {baseline}, {f'{steps} steps' if steps is not None else f'tol {tol:g}'})",
         **{k: torch.cat(v) for k, v in found.items()},
         area="tokens",
+        completeness=torch.cat(gaps) if gaps else None,
+        tol=None if steps is not None else tol,
     )
 
 
@@ -305,7 +316,8 @@ def explain_token_neurons(
     keep: Sequence[int] = (),
     over: int | Sequence[int] | None = None,
     examples: int = 3,
-    steps: int = 16,
+    steps: int | None = None,
+    tol: float = 1e-2,
     batch_size: int = 64,
     seed: int = 0,
 ) -> tuple[TokenNeuronView, ...]:
@@ -361,12 +373,14 @@ def explain_token_neurons(
         member, position = order // act.shape[1], order % act.shape[1]
         picked = members[member]
         values = torch.zeros(len(order), ids.shape[1], dtype=torch.float64)
-        for p in position.unique().tolist():
-            here = (position == p).nonzero().squeeze(1)
-            where = picked[here].to(ids.device)
-            line = LineDoI(base[where.to(base.device)], steps=steps, space="slice")
-            result = internal_influence(slc, NeuronQoI(layer, (p, f)), line, rows(x, where), multiply_activation=True, batch_size=batch_size, seed=seed)
-            assert isinstance(result, InfluenceResult)
-            values[here] = result.token_attributions().cpu()
+        with tol_counted(owner, "sentences") as counts:
+            for p in position.unique().tolist():
+                here = (position == p).nonzero().squeeze(1)
+                where = picked[here].to(ids.device)
+                line = workflow_line(base[where.to(base.device)], steps, tol)
+                result = internal_influence(slc, NeuronQoI(layer, (p, f)), line, rows(x, where), multiply_activation=True, batch_size=batch_size, seed=seed)
+                assert isinstance(result, InfluenceResult)
+                count_missed(counts, result)
+                values[here] = result.token_attributions().cpu()
         views.append(TokenNeuronView(layer, u, picked, position, flat[order], values, real[picked].cpu()))
     return tuple(views)

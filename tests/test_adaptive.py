@@ -38,7 +38,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from doi import ClassDoI, DatasetDoI, LineDoI
+from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI
 from doi._quadrature import nodes_and_weights
 from influence import InfluenceResult, input_influence, internal_influence
 from influence._checkpoint import Checkpoint
@@ -346,12 +346,14 @@ def dist_cases() -> dict[str, Callable[..., Any]]:
         "pointwise": lambda **o: input_influence(model, ClassQoI(0), LineDoI(0.0, tol=TOL), x, multiply_activation=True, **o),
         "pooled": lambda **o: internal_influence(Slice(model, None), ClassQoI(0), ClassDoI((x, y), 0, each=LineDoI(0.0, tol=TOL)), multiply_activation=True, **o),
         "pointwise-plain": lambda **o: input_influence(model, ClassQoI(2), LineDoI(0.0, tol=TOL), x[:5], **o),
+        "noise": lambda **o: input_influence(model, ClassQoI(0), NoiseDoI(0.3, samples=8, sampler="random", tol=0.2), x, seed=3, **o),
+        "noise-pooled": lambda **o: input_influence(model, ClassQoI(0), ClassDoI((x, y), 0, each=NoiseDoI(0.3, samples=8, tol=0.2)), seed=3, **o),
     }
 
 
 def _pack(r: InfluenceResult) -> dict[str, Any]:
     return {
-        "values": r.values, "completeness": r.completeness, "steps": r.steps, "samples": r.samples, "anchors": r.anchors,
+        "values": r.values, "stderr": r.stderr, "completeness": r.completeness, "steps": r.steps, "samples": r.samples, "anchors": r.anchors,
         "tol_missed": r.query["tol_missed"],
     }  # fmt: skip
 
@@ -374,7 +376,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("name", ["pointwise", "pooled", "pointwise-plain"])
+@pytest.mark.parametrize("name", ["pointwise", "pooled", "pointwise-plain", "noise", "noise-pooled"])
 def test_two_processes_equal_one(shards: list[dict[str, Any]], name: str) -> None:
     """Pointwise (anchors split 6 + 6) and pooled (chunks shared out): every rank returns
     the single-process result (values and gaps to 1e-10, the same steps and counts)."""
@@ -385,6 +387,7 @@ def test_two_processes_equal_one(shards: list[dict[str, Any]], name: str) -> Non
         got = out[name]
         torch.testing.assert_close(got["values"], want.values, rtol=1e-10, atol=1e-10)
         assert torch.equal(got["steps"], steps)
+        torch.testing.assert_close(got["stderr"], want.stderr, rtol=1e-8, atol=1e-12)
         assert (got["samples"], got["anchors"], got["tol_missed"]) == (want.samples, want.anchors, want.query["tol_missed"])
         if want.completeness is None:
             assert got["completeness"] is None
@@ -434,6 +437,32 @@ def test_interrupted_and_resumed_equals_uninterrupted(relu: dict[str, Any], tmp_
     assert torch.equal(got.completeness, want.completeness)
     assert torch.equal(got.steps, want.steps)
     assert (got.samples, got.anchors, got.query["tol_missed"]) == (want.samples, want.anchors, want.query["tol_missed"])
+
+
+def test_an_adaptive_noise_population_resumes_exactly(relu: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for ``NoiseDoI(tol=...)`` around every member: rounds of fresh samples
+    per member, interrupted after the first chunk and resumed, equal to the bit."""
+    import influence._engine as engine
+
+    monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
+    model, x = relu["model"], relu["x"][:12]
+    noise = NoiseDoI(0.3, samples=8, sampler="random", tol=0.2)
+    run = lambda n=12, **o: input_influence(model, FunctionQoI(halting), DatasetDoI(x[:n], each=noise), seed=5, **o)  # noqa: E731
+    CALLS.update(left=None, count=0)
+    run(4)
+    first_chunk = CALLS["count"]
+    want = run()
+    assert bool((want.steps > 8).any())
+    ckpt = tmp_path / "noise.ckpt"
+    CALLS["left"] = first_chunk + 1
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(checkpoint=ckpt, checkpoint_every=3600)
+    finally:
+        CALLS["left"] = None
+    assert Checkpoint(ckpt, 0).load()["position"] == 4  # type: ignore[index]
+    got = run(checkpoint=ckpt, checkpoint_every=3600)
+    assert torch.equal(got.values, want.values) and torch.equal(got.stderr, want.stderr) and torch.equal(got.steps, want.steps)
 
 
 # --- results, arguments and misses ----------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from doi import LineDoI, PointwiseDoI
+from doi import PointwiseDoI
 from qoi import ClassQoI, ComparativeQoI, MaxClassQoI
 
 from ._labelled import pixel_maps
@@ -141,10 +141,11 @@ class Extras:
         x, y = self._labelled(query, where)
         line = query.spec.doi if query.spec.pointwise else query.spec.doi["each"]
         base = line["baseline"]
+        steps = {"steps": line["steps"]} if line.get("tol") is None else {"steps": None, "tol": line["tol"]}  # the query's steps, or its tol
         try:
             return token_audit(
                 query.slice.model, (x, y), spec["tokens"], embedding=query.slice.layer, baseline=base["token"], keep=base["keep"],
-                factor=spec["factor"], classes=spec["classes"], steps=line["steps"], flag_on=spec["flag_on"], batch_size=batch, seed=seed,
+                factor=spec["factor"], classes=spec["classes"], flag_on=spec["flag_on"], batch_size=batch, seed=seed, **steps,
             )  # fmt: skip
         except (ValueError, TypeError) as e:
             raise QueryError(where, str(e)) from None
@@ -292,7 +293,7 @@ class Extras:
         x = query.data.x
         y = query.data.y if query.data.y is not None else torch.zeros(x.shape[0], dtype=torch.long)
         over = spec.doi["label"] if spec.doi["kind"] == "class" else None
-        views = explain_neurons(query.slice.model, cut.layer, units, (x, y), over=over, each=LineDoI(0.0, steps=16), batch_size=batch, seed=seed)
+        views = explain_neurons(query.slice.model, cut.layer, units, (x, y), over=over, batch_size=batch, seed=seed)
         drawn = plots.plot_neuron_grid(path, **plots.neuron_arrays(views, "pooled" if over is None else f"pooled over class {over}"))
         return drawn, f"{spec.name}: what the top {len(views)} units see (integrated gradients from black)"
 
@@ -350,7 +351,13 @@ class Extras:
         for j, result in enumerate(results):
             rep.paragraph(
                 f"`{result.query.get('qoi')}` at {('layer `' + str(result.query.get('layer')) + '`') if result.query.get('layer') else 'the input'}, "
-                f"`{result.query.get('doi')}`, {result.anchors} points, {result.samples} samples, seed {result.query.get('seed')}."
+                f"`{result.query.get('doi')}`, {result.anchors} points, {result.samples} samples, seed {result.query.get('seed')}"
+                + (
+                    f"; steps per point chosen to meet tol: mean {float(result.steps.double().mean()):.1f}, max {int(result.steps.max())}, "
+                    f"{result.query.get('tol_missed', 0)} missed tol."
+                    if result.steps is not None and result.steps.numel()
+                    else "."
+                )
             )
             rows = top_table(result, spec.output["top"])
             rep.table(

@@ -85,7 +85,7 @@ def python_queries(name: str) -> dict[str, list[InfluenceResult]]:
         model, d = tiny_bert(seed=0), sentences(24, split="train")
         slc = Slice(model, EMBEDDING)
         positive = encoding(d, torch.nonzero(d["labels"] == 1).flatten()[:4])
-        line = LineDoI(slc.baseline(baseline_ids(positive, 0, [1, 2])), steps=16, space="slice")
+        line = LineDoI(slc.baseline(baseline_ids(positive, 0, [1, 2])), tol=0.01, space="slice")
         negative = encoding(d, [0, 2, 4])
         return {
             "ig_positive": [internal_influence(slc, ClassQoI(1), line, positive, multiply_activation=True, seed=0)],

@@ -3,6 +3,7 @@ against Captum, in one process and one run.
 
     python benchmarks/run.py [--quick] [--device cuda] [--threads 2] [--reps 9]
     python benchmarks/run.py --only-sequence   # the sequence-attribution table alone
+    python benchmarks/run.py --only-adaptive   # the adaptive-precision table alone
 
 Bare loops (what an expert would write by hand for the same samples):
   L0  one forward/backward per batch of points
@@ -15,6 +16,10 @@ The sequence-attribution table (:mod:`sequence`): one QoI per generated token of
 continuation on a tiny GPT-2, sharing one forward pass (teacher forcing), against the
 step-by-step loop of inseq (one prefix forward per generated token) and Captum's
 ``LLMGradientAttribution``.
+
+The adaptive-precision table (:mod:`adaptive`): ``LineDoI(0, tol=...)`` against uniform
+Gauss–Legendre and midpoint rules at equal worst-anchor completeness gap, on a ReLU and a
+softplus CNN: gradient rows and wall time.
 
 Each repetition runs ours, the bare loop and Captum back to back (interleaved, in an
 order rotated from one repetition to the next), after a warm-up; the table gives medians
@@ -39,6 +44,10 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from adaptive import FULL as ADAPTIVE_FULL  # noqa: E402
+from adaptive import QUICK as ADAPTIVE_QUICK  # noqa: E402
+from adaptive import TINY as ADAPTIVE_TINY  # noqa: E402
+from adaptive import adaptive_table  # noqa: E402
 from models import mlp, resnet  # noqa: E402
 from sequence import FULL, QUICK, TINY, sequence_table  # noqa: E402
 
@@ -424,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="also time the fast mode with torch.compile of g")
     parser.add_argument("--no-sequence", action="store_true", help="skip the sequence-attribution (GPT-2 continuation) table")
     parser.add_argument("--only-sequence", action="store_true", help="run the sequence-attribution table alone")
+    parser.add_argument("--no-adaptive", action="store_true", help="skip the adaptive-precision table (LineDoI(tol) against uniform rules)")
+    parser.add_argument("--only-adaptive", action="store_true", help="run the adaptive-precision table alone")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
     device = torch.device(args.device)
@@ -437,6 +448,10 @@ def main(argv: list[str] | None = None) -> None:
         reps, population, args.steps, args.batch, anchors = 1, 16, 4, 8, 2
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, {reps} repetitions (medians)")
     sequence_setting = TINY if args.tiny else QUICK if args.quick else FULL
+    adaptive_setting = ADAPTIVE_TINY if args.tiny else ADAPTIVE_QUICK if args.quick else ADAPTIVE_FULL
+    if args.only_adaptive:
+        adaptive_table(reps, adaptive_setting)
+        return
     if args.only_sequence:
         sequence_table(device, reps, sequence_setting, _timed, disagreement, not args.no_captum)
         return
@@ -470,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
         sequence_table(device, reps, sequence_setting, _timed, disagreement, not args.no_captum)
     if not args.no_quadrature:
         quadrature_table(device)
+    if not args.no_adaptive:
+        adaptive_table(reps, adaptive_setting)
 
 
 if __name__ == "__main__":

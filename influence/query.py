@@ -182,9 +182,11 @@ class Int(Check):
 class Float(Check):
     """A finite number; strings such as ``1e-3`` (which YAML 1.1 reads as text) count."""
 
-    def __init__(self, minimum: float | None = None, *, positive: bool = False) -> None:
-        self.minimum, self.positive = minimum, positive
+    def __init__(self, minimum: float | None = None, *, positive: bool = False, below: float | None = None) -> None:
+        self.minimum, self.positive, self.below = minimum, positive, below
         self.what = "a number > 0" if positive else ("a number" if minimum is None else f"a number >= {minimum}")
+        if below is not None:
+            self.what = f"a number in (0, {below:g})" if positive else f"a number < {below:g}"
 
     def __call__(self, value: Any, path: str, ctx: _Ctx) -> float:
         number: float | None = None
@@ -197,7 +199,7 @@ class Float(Check):
             number = float(value)
         if number is None or not math.isfinite(number):
             raise self.fail(path, value)
-        if (self.positive and number <= 0) or (self.minimum is not None and number < self.minimum):
+        if (self.positive and number <= 0) or (self.minimum is not None and number < self.minimum) or (self.below is not None and number >= self.below):
             raise self.fail(path, value)
         return number
 
@@ -510,10 +512,58 @@ class Kind:
     doc: str
     build: Callable[[dict[str, Any], str, _Builder], Any]
     pointwise: bool = True  # DoIs: explains given points (else: a population)
+    adaptive: "Adaptive | None" = None  # DoIs whose work per point ``tol`` may choose
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """How a DoI kind takes ``tol`` (each point's work chosen to meet a relative error):
+    the key that caps that work (``max_steps``) and the keys ``tol`` replaces (a line's
+    ``steps`` and ``rule``), which may not be given with it. A validated spec holds only
+    the keys that apply: with ``tol``, not the replaced ones; without it, neither ``tol``
+    nor the cap (so the JSON's "query as run" reads as it was run)."""
+
+    cap: Key
+    replaces: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[Key, Key]:
+        """The schema keys: ``tol`` and the cap."""
+        return (_TOL, self.cap)
+
+    def args(self, p: dict[str, Any]) -> dict[str, Any]:
+        """The library's keyword arguments for ``tol`` (none without it)."""
+        return {} if p.get("tol") is None else {"tol": p["tol"], self.cap.name: p[self.cap.name]}
+
+    def settle(self, raw: Any, spec: dict[str, Any], path: str) -> dict[str, Any]:
+        """``spec`` with the keys that do not apply dropped, or a :class:`QueryError` for
+        ``tol`` given with a key it replaces, or a cap given without ``tol``."""
+        raw = raw if isinstance(raw, dict) else {}
+        cap = self.cap.name
+        if spec.get("tol") is None:
+            if raw.get(cap) is not None:
+                raise QueryError(_join(path, cap), f"caps the work that tol chooses per point; give tol too, or remove {cap}")
+            return {k: v for k, v in spec.items() if k not in ("tol", cap)}
+        given = [k for k in self.replaces if k in raw]
+        if given:
+            raise QueryError(
+                _join(path, "tol"),
+                f"chooses each point's {' and '.join(self.replaces)}; give tol or {' and '.join(given)}, not both (cap the work with {cap})",
+            )
+        return {k: v for k, v in spec.items() if k not in self.replaces}
+
+
+_TOL = Key(
+    "tol", Maybe(Float(positive=True, below=1.0)), None,
+    "choose each point's work to meet this relative error (a line with multiply_activation: its completeness gap)",
+)  # fmt: skip
+_LINE_ADAPTIVE = Adaptive(Key("max_steps", Int(8), 1024, "with tol: the most gradient evaluations per point"), replaces=("steps", "rule"))
+_NOISE_ADAPTIVE = Adaptive(Key("max_samples", Maybe(Int(1)), None, "with tol: the most samples per point (null: 1024, or samples if more)"))
 
 
 def _line(p: dict[str, Any], path: str, b: _Builder) -> LineDoI:
-    return LineDoI(baseline=b.baseline(p["baseline"], _join(path, "baseline"), p["space"]), steps=p["steps"], rule=p["rule"], space=p["space"])
+    baseline = b.baseline(p["baseline"], _join(path, "baseline"), p["space"])
+    return LineDoI(baseline, steps=p.get("steps"), rule=p.get("rule", "gauss-legendre"), space=p["space"], **_LINE_ADAPTIVE.args(p))
 
 
 def _parse_each(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
@@ -532,11 +582,13 @@ DOI_KINDS: dict[str, Kind] = {
                 Key("baseline", Custom(_BASELINE_FORMS, _parse_baseline), 0.0, "the start of the path"),
                 Key("steps", Int(1), 32, "quadrature nodes"),
                 Key("rule", Choice(("gauss-legendre", "riemann-left", "riemann-right", "midpoint", "trapezoid")), "gauss-legendre", "quadrature rule"),
+                *_LINE_ADAPTIVE.keys,
                 _SPACE,
             )
         ),
         "the segment from a baseline to the point (integrated gradients with multiply_activation)",
         _line,
+        adaptive=_LINE_ADAPTIVE,
     ),
     "noise": Kind(
         "noise",
@@ -546,11 +598,13 @@ DOI_KINDS: dict[str, Kind] = {
                 Key("samples", Int(1), 32, "samples per point"),
                 Key("sampler", Choice(("sobol", "random")), "sobol", "randomised quasi-Monte Carlo, or independent draws"),
                 Key("replicates", Maybe(Int(1)), None, "sobol only: independent randomisations (must divide samples)"),
+                *_NOISE_ADAPTIVE.keys,
                 _SPACE,
             )
         ),
         "Gaussian noise around the point (SmoothGrad)",
-        lambda p, path, b: NoiseDoI(p["sigma"], p["samples"], p["sampler"], p["replicates"], p["space"]),
+        lambda p, path, b: NoiseDoI(p["sigma"], p["samples"], p["sampler"], p["replicates"], p["space"], **_NOISE_ADAPTIVE.args(p)),
+        adaptive=_NOISE_ADAPTIVE,
     ),
     "class": Kind(
         "class",
@@ -731,8 +785,22 @@ def parse_doi(value: Any, path: str, ctx: _Ctx, *, pointwise_only: bool = False)
         raise QueryError(_join(path, "kind"), f"each must be a pointwise DoI ({pointwise}) (got {spec['kind']!r})")
     if spec["kind"] == "line":
         _check_baseline_space(spec["baseline"], spec["space"], _join(path, "baseline"))
+    adaptive = kind.adaptive
+    if adaptive is None:
+        with _at(path, broad=True):
+            kind.build(spec, path, _Builder())
+        return spec
+    spec = adaptive.settle(value, spec, path)
+    fixed = {k: v for k, v in spec.items() if k not in ("tol", adaptive.cap.name)}
     with _at(path, broad=True):
-        kind.build(spec, path, _Builder())
+        kind.build(fixed, path, _Builder())
+    if spec.get("tol") is not None:  # what only tol (or its cap) makes wrong is reported there
+        try:
+            kind.build(spec, path, _Builder())
+        except Exception as e:
+            cap = adaptive.cap.name
+            text = str(e) if isinstance(e, (ValueError, TypeError)) else f"{type(e).__name__}: {e}"
+            raise QueryError(_join(path, cap if cap in str(e) else "tol"), text) from None
     return spec
 
 
@@ -1324,7 +1392,7 @@ def _cross_check_output(spec: QuerySpec, data: dict[str, Any]) -> None:
                     "attributes with the query's line at the word embeddings: give the query (or its each) doi "
                     "{kind: line, space: slice, baseline: {token: ID, keep: [IDS]}}",
                 )
-            if each["rule"] != "gauss-legendre":
+            if each.get("rule", "gauss-legendre") != "gauss-legendre":
                 raise QueryError(_join(where, "tokens"), f"the token audit integrates with rule gauss-legendre; the query's line uses {each['rule']!r}")
     for key, needs_input in (("audit", True), ("curves", True), ("essence", False)):
         if out[key] is None:

@@ -77,6 +77,19 @@ def _integrated_gradients(model: nn.Module, x: Tensor, y: Tensor, tol: float, se
     return out
 
 
+def tolerance_notes(rep: Report, summary: dict[str, Any]) -> None:
+    """The lines that missed their tolerance (``summary["notes"]``), as a report section."""
+    if not summary["notes"]:
+        return
+    rep.heading("Lines that missed their tolerance")
+    rep.paragraph(
+        f"Every line of this report takes, per point, the steps that bring its completeness gap within {summary['tol']:g} "
+        "(at most 519 gradient evaluations). These did not get there; their results are in the tables above all the same:"
+    )
+    for text in summary["notes"]:
+        rep.paragraph(text)
+
+
 def _class_accuracy(model: nn.Module, x: Tensor, y: Tensor, c: int) -> float:
     return accuracy(model, x[y == c], y[y == c])
 
@@ -340,12 +353,5 @@ def _report(
         rep.picture(pictures[f"curves_{name}"], f"{name} model: deletion and insertion curves")
     rep.heading("Timings (seconds)", 3)
     rep.table(["step", "seconds"], [[k, f"{v:.2f}"] for k, v in summary["timings_s"].items()])
-    if summary["notes"]:
-        rep.heading("Lines that missed their tolerance")
-        rep.paragraph(
-            f"Every line of this report takes, per point, the steps that bring its completeness gap within {summary['tol']:g} "
-            "(at most 519 gradient evaluations). These did not get there; their results are in the tables above all the same:"
-        )
-        for text in summary["notes"]:
-            rep.paragraph(text)
+    tolerance_notes(rep, summary)
     return rep.write(out)

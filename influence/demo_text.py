@@ -54,6 +54,7 @@ from slices import Slice
 from .audit import AuditResult
 from ._engine import tol_noted
 from .contrast import TopNeurons, top_neurons
+from .demo import tolerance_notes
 from .report import Report
 
 __all__ = [
@@ -471,12 +472,5 @@ def _report(
     rep.picture(pictures["neurons"], "what each top feature responds to: red raises it, blue lowers it, scaled per sentence")
     rep.heading("Timings (seconds)", 3)
     rep.table(["step", "seconds"], [[k, f"{v:.2f}"] for k, v in summary["timings_s"].items()])
-    if summary["notes"]:
-        rep.heading("Lines that missed their tolerance")
-        rep.paragraph(
-            f"Every line of this report takes, per point, the steps that bring its completeness gap within {summary['tol']:g} "
-            "(at most 519 gradient evaluations). These did not get there; their results are in the tables above all the same:"
-        )
-        for text in summary["notes"]:
-            rep.paragraph(text)
+    tolerance_notes(rep, summary)
     return rep.write(out)

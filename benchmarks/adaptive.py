@@ -31,6 +31,8 @@ Run by ``python benchmarks/run.py --only-adaptive`` (or as part of the whole ben
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import statistics
 import time
 import warnings
@@ -98,14 +100,14 @@ def changes(model: nn.Module, x: Tensor) -> np.ndarray:
 # --- uniform rules' gaps for any n --------------------------------------------------------
 
 
-class Paths:
+class Paths(ABC):
     """The uniform rules' gaps of a set of anchors, for any rule and step count."""
 
     memo: dict[tuple[str, int], float]
 
+    @abstractmethod
     def gaps(self, rule: str, n: int) -> np.ndarray:
         """The relative completeness gap of each anchor with ``n`` uniform steps of ``rule``."""
-        raise NotImplementedError
 
     def worst(self, rule: str, n: int) -> float:
         """The worst-anchor gap (remembered: Gauss–Legendre nodes for large ``n`` are slow)."""

@@ -992,7 +992,7 @@ class _Integrator:
             steps += adaptive.FIRST_NODES
             met = gap(est, everyone) <= tol
         else:
-            est = [torch.zeros((n, *e.shape[1:]), dtype=torch.float64, device=device) for e in self._unit_like(chunk)]
+            est = [torch.zeros((n, *self.unit), dtype=torch.float64, device=device) for _ in self.query.qois]
         active = (~met).nonzero().squeeze(1)
         for level in range(start, last + 1):
             if active.numel() == 0:
@@ -1076,10 +1076,6 @@ class _Integrator:
                 channel_var = ((c2 - groups[:, None] * cm * cm) / (groups * (groups - 1))[:, None]).clamp_min(0)
             out.append(AnchorEstimates(mean, var, channel_var))
         return out
-
-    def _unit_like(self, chunk: _Chunk) -> list[Tensor]:
-        """One zero row per QoI shaped like a unit (for estimates started at zero)."""
-        return [torch.zeros((1, *self.unit), dtype=torch.float64, device=chunk.device) for _ in self.query.qois]
 
     def _sums_at(self, chunk: _Chunk, active: Tensor, each: PointwiseDoI, delta: Tensor | None = None) -> list[AnchorEstimates]:
         """The estimates of ``each`` around the chunk's anchors ``active`` (chunk-local

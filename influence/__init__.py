@@ -1,24 +1,29 @@
 """Influence-directed explanations: one Monte Carlo engine for saliency, integrated
-gradients, SmoothGrad, expected gradients, conductance and internal influence."""
+gradients, SmoothGrad, expected gradients, conductance and internal influence.
 
-from ._engine import input_influence, internal_influence
-from .result import InfluenceResult, Ranked
+The package has three rooms, and imports run one way, queries → workflows → engine →
+``slices``/``doi``/``qoi``:
 
-__all__ = ["internal_influence", "input_influence", "InfluenceResult", "Ranked"]
+- ``influence.engine``: the integrator, its moments, checkpoints, distribution, results;
+- ``influence.workflows``: top neurons, neurons, audit, essence, curves, reports, plots,
+  the demos and their synthetic data, the text workflows, ``methods``;
+- ``influence.queries``: YAML query files (schema, kinds, loading, running) and the CLI.
 
-# The workflows (issue 6): top neurons for a contrast, what a neuron sees, the region
-# audit, the essence check, deletion/insertion curves, reports. Pictures live in
-# ``influence.plots`` (matplotlib: the ``viz`` extra), the demo in ``influence.demo``.
-# Text models (token audit, neurons as token heatmaps) in ``influence.text``.
-from .audit import AuditResult, AuditRow, audit
-from .contrast import NeuronEntry, TopNeurons, top_neurons
-from .curves import Curves, deletion_insertion
-from .essence import EssenceResult, EssenceRow, essence_check, roc_auc
-from .neurons import NeuronView, explain_neurons
-from .report import Report
-from .text import TokenHeatmap, TokenNeuronView, explain_token_neurons, token_audit, token_heatmaps
+The public paths stay short: ``from influence import …``, ``influence.methods``,
+``influence.plots``, ``influence.synthetic``, ``influence.text``, ``influence.text_data``,
+``influence.demo``, ``influence.query`` and ``influence.cli`` (small modules here that
+stand for the module of the same name in its room).
+"""
 
-__all__ += [
+from .engine import InfluenceResult, Ranked, input_influence, internal_influence
+from .workflows import (
+    AuditResult, AuditRow, Curves, EssenceResult, EssenceRow, NeuronEntry, NeuronView, Report, TokenHeatmap,
+    TokenNeuronView, TopNeurons, audit, deletion_insertion, essence_check, explain_neurons, explain_token_neurons,
+    roc_auc, token_audit, token_heatmaps, top_neurons,
+)
+
+__all__ = [
+    "internal_influence", "input_influence", "InfluenceResult", "Ranked",
     "top_neurons", "TopNeurons", "NeuronEntry",
     "explain_neurons", "NeuronView",
     "audit", "AuditResult", "AuditRow",

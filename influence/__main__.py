@@ -1,5 +1,5 @@
 """``python -m influence``: the ``influence`` command line."""
 
-from .cli import main
+from .queries.cli import main
 
 raise SystemExit(main())

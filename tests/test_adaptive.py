@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI
 from doi._quadrature import nodes_and_weights
 from influence import InfluenceResult, input_influence, internal_influence
-from influence._checkpoint import Checkpoint
+from influence.engine._checkpoint import Checkpoint
 from qoi import ClassQoI, FunctionQoI
 from slices import Slice
 
@@ -414,7 +414,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(relu: dict[str, Any], tmp_
     """A pooled adaptive query in chunks of 4 anchors, interrupted (Ctrl-C from the QoI)
     once its first chunk is done, saves a checkpoint; the rerun resumes after it and
     equals the uninterrupted run exactly: values, gap, steps, samples, misses."""
-    import influence._engine as engine
+    import influence.engine._engine as engine
 
     monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
     model, x = relu["model"], relu["x"][:12]
@@ -442,7 +442,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(relu: dict[str, Any], tmp_
 def test_an_adaptive_noise_population_resumes_exactly(relu: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same for ``NoiseDoI(tol=...)`` around every member: rounds of fresh samples
     per member, interrupted after the first chunk and resumed, equal to the bit."""
-    import influence._engine as engine
+    import influence.engine._engine as engine
 
     monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
     model, x = relu["model"], relu["x"][:12]

@@ -21,7 +21,7 @@ from torch import nn
 
 from doi import PointDoI
 from influence import audit
-from influence.audit import region_mask
+from influence.workflows.audit import region_mask
 from qoi import ComparativeQoI
 
 C, H, W_ = 2, 6, 5

@@ -25,7 +25,7 @@ from torch import Tensor
 from conftest import tolerance
 from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI
 from influence import InfluenceResult, input_influence, internal_influence
-from influence._checkpoint import Checkpoint
+from influence.engine._checkpoint import Checkpoint
 from models import mlp, res_cnn
 from qoi import ClassQoI, FunctionQoI
 from slices import Slice
@@ -47,7 +47,7 @@ def build(n):
 
 CHILD = BUILD + """
 import sys, time
-import influence._engine as engine
+import influence.engine._engine as engine
 from doi import DatasetDoI, LineDoI
 from influence import input_influence
 from qoi import FunctionQoI
@@ -79,7 +79,7 @@ def test_a_killed_query_resumes_to_exactly_the_uninterrupted_result(tmp_path: Pa
     """A pooled query (2000 points × 4 steps, checkpoint after every chunk of 16 points)
     is killed with SIGKILL once a checkpoint exists; rerunning it evaluates only the
     remaining ``(N − P)·4`` rows and gives the uninterrupted result, bit for bit."""
-    import influence._engine as engine
+    import influence.engine._engine as engine
 
     n = 2000
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -131,7 +131,7 @@ def halting(output: Tensor) -> Tensor:
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of at most 4 points, so that small populations have many."""
-    import influence._engine as engine
+    import influence.engine._engine as engine
 
     monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
     CALLS.update(left=None, rows=0)
@@ -402,7 +402,7 @@ def test_yaml_checkpoint_key_keeps_and_resumes_a_query(tmp_path: Path, capsys: p
     """``checkpoint: FILE`` (relative to the query file) is written by the run; the rerun
     resumes from it (nothing left to compute) and writes the same result, which equals
     the Python call."""
-    from influence.cli import main
+    from influence.queries.cli import main
 
     path = _query_file(tmp_path, "checkpoint: state/pooled.ckpt")
     (tmp_path / "state").mkdir()
@@ -419,7 +419,7 @@ def test_yaml_checkpoint_key_keeps_and_resumes_a_query(tmp_path: Path, capsys: p
 def test_yaml_checkpoint_errors_name_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A checkpoint on a pointwise query, a missing folder, and a checkpoint of another
     query are bad queries (exit code 2) naming ``queries[i].checkpoint``."""
-    from influence.cli import main
+    from influence.queries.cli import main
 
     out = ["--out", str(tmp_path / "out"), "--quiet"]
     path = _query_file(tmp_path, "checkpoint: missing/pooled.ckpt")
@@ -439,7 +439,7 @@ def test_yaml_checkpoint_errors_name_the_field(tmp_path: Path, capsys: pytest.Ca
 def test_cli_checkpoint_folder_holds_one_file_per_pooled_query(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--checkpoint DIR`` gives every class/dataset query ``DIR/<name>.ckpt`` (the
     pointwise query none); the result files are written whole (no temporary files)."""
-    from influence.cli import main
+    from influence.queries.cli import main
 
     path = _query_file(tmp_path)
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet", "--checkpoint", str(tmp_path / "ck")]) == 0

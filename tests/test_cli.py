@@ -2,7 +2,7 @@
 Python; bad query files exit with code 2 and one line naming the field; failures while
 computing exit with code 1; ``influence layers`` lists residual and TorchScript models.
 
-Everything runs in-process through ``influence.cli.main(argv)`` (one subprocess test
+Everything runs in-process through ``influence.queries.cli.main(argv)`` (one subprocess test
 checks ``python -m influence``)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import yaml
 
 from doi import ClassDoI, LineDoI, PointDoI
 from influence import InfluenceResult, input_influence, internal_influence
-from influence.cli import main
+from influence.queries.cli import main
 from influence.synthetic import glyph_images, trained_cnn
 from models import control_flow_net, mlp, res_cnn
 from qoi import ClassQoI, ComparativeQoI, MaxClassQoI

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from influence import deletion_insertion, input_influence
-from influence.curves import _gaussian_blur, trapezoid_area
+from influence.workflows.curves import _gaussian_blur, trapezoid_area
 from doi import LineDoI
 from qoi import ClassQoI
 

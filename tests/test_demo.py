@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from influence.cli import main
+from influence.queries.cli import main
 from influence.demo import CUE_CLASS, KS, run_demo
 
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import torch
 
-from influence.cli import main
-from influence.demo_text import CUE, CUE_CLASS, CUE_ID, IDS, LENGTH, TOPICS, VOCAB, run_text_demo, text_data, tokens_of
+from influence.queries.cli import main
+from influence.workflows.demo_text import CUE, CUE_CLASS, CUE_ID, IDS, LENGTH, TOPICS, VOCAB, run_text_demo, text_data, tokens_of
 
 Demo = tuple[Path, dict[str, Any]]
 
@@ -150,7 +150,7 @@ def test_without_transformers_the_error_names_the_extra(monkeypatch: pytest.Monk
 
 def test_the_core_does_not_import_transformers() -> None:
     code = (
-        "import sys, influence, influence.text, influence.demo_text, influence.cli, influence.plots\n"
+        "import sys, influence, influence.text, influence.workflows.demo_text, influence.queries.cli, influence.plots\n"
         "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -181,7 +181,7 @@ def _worker(rank: int, folder: str) -> None:
 def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Runs every case in 2 processes once; returns the folder, each rank's outputs and
     the checkpoint left by the interrupted run (before the processes resumed it)."""
-    import influence._engine as engine
+    import influence.engine._engine as engine
 
     folder = tmp_path_factory.mktemp("distributed")
     # an interrupted single-process run leaves a partial checkpoint for the "resume" case
@@ -194,7 +194,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     finally:
         COUNTS["stop_after"] = None
         engine._MAX_CHUNK = original
-    from influence._checkpoint import Checkpoint
+    from influence.engine._checkpoint import Checkpoint
 
     partial = Checkpoint(folder / "resume.ckpt", 0).load()
     mp.spawn(_worker, args=(str(folder),), nprocs=WORLD, join=True)

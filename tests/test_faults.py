@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from conftest import tolerance
 from doi import DatasetDoI, LineDoI, NoiseDoI, PointDoI, nodes_and_weights
 from influence import input_influence, internal_influence
-from influence._checkpoint import Checkpoint
+from influence.engine._checkpoint import Checkpoint
 from models import mlp
 from qoi import ClassQoI, FunctionQoI
 from slices import Slice
@@ -223,7 +223,7 @@ def test_ctrl_c_saves_a_checkpoint_and_leaves_the_model_unchanged(tmp_path: Path
     """KeyboardInterrupt propagates; the model is back in training mode with its
     ``requires_grad`` flags, weights and no hooks; the checkpoint holds the chunks done,
     and the rerun from it equals an uninterrupted run exactly."""
-    import influence._engine as engine
+    import influence.engine._engine as engine
 
     monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
     model = mlp(4, 8, 3).double().train()

@@ -106,7 +106,7 @@ def test_the_next_chunk_is_read_before_the_host_waits(monkeypatch: pytest.Monkey
     """The host reads chunk ``i + 1`` (a DataLoader's batch, say) after queuing chunk
     ``i``'s work and before it waits for the device (the per-chunk non-finite check), so
     that on a GPU the reading overlaps the device's work. The result is unchanged."""
-    import influence._engine as engine
+    import influence.engine._engine as engine
 
     monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
     log: list[str] = []

@@ -25,8 +25,8 @@ import yaml
 
 from doi import ClassDoI, LineDoI, NoiseDoI, PointDoI
 from influence import InfluenceResult, internal_influence
-from influence.cli import main
-from influence.query import QueryError, parse_query
+from influence.queries.cli import main
+from influence.queries.query import QueryError, parse_query
 from influence.text import baseline_ids, token_audit
 from influence.text_data import CUE, VOCAB, lm_sentences, sentences, tiny_bert, tiny_gpt2, write_vocab
 from qoi import ClassQoI, ComparativeQoI, ContinuationQoI, NextTokenQoI
@@ -303,7 +303,7 @@ def test_token_audit_equals_python(tmp_path: Path) -> None:
     doc = bert_doc(query)
     doc["data"]["kwargs"] = {"n": 12, "split": "train"}
     query_built = built(doc, tmp_path)
-    from influence._outputs import Extras
+    from influence.queries._outputs import Extras
 
     analyses, _, text = Extras(tmp_path, "q").run(query_built, query_built.run())
     want = token_audit(tiny_bert(seed=0), (encoding(d), d["labels"]), [CUE], embedding=EMBEDDING, keep=[1, 2], factor=2, steps=4)
@@ -425,8 +425,8 @@ def test_validate_does_not_import_transformers(tmp_path: Path) -> None:
     model factories' modules' heavy parts; importing the core does not either."""
     code = (
         "import sys\n"
-        "from influence.cli import main\n"
-        "import influence, influence.query, influence.text, influence.text_data\n"
+        "from influence.queries.cli import main\n"
+        "import influence, influence.queries.query, influence.text, influence.text_data\n"
         f"assert main(['validate', {str(ROOT / 'examples' / 'text_classifier.yaml')!r}]) == 0\n"
         f"assert main(['validate', {str(ROOT / 'examples' / 'text_lm.yaml')!r}]) == 0\n"
         "assert 'transformers' not in sys.modules, 'transformers was imported'\n"

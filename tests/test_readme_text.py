@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from influence import InfluenceResult
-from influence.cli import main
+from influence.queries.cli import main
 from test_workflows import REFERENCE_KERNELS, blocks, reference_kernels_missing, run_python_blocks, tokens, unmatched
 
 TITLE = "Text models"

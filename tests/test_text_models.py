@@ -28,11 +28,11 @@ import torch.multiprocessing as mp
 import transformers
 from torch import Tensor, nn
 
-import influence._engine as engine
+import influence.engine._engine as engine
 from doi import ClassDoI, DatasetDoI, LineDoI, PointDoI
 from doi._points import count as points_count
 from influence import internal_influence
-from influence._checkpoint import Checkpoint
+from influence.engine._checkpoint import Checkpoint
 from qoi import ClassQoI, ContinuationQoI, NextTokenQoI, QoIContext
 from slices import Slice
 from slices._affine import AffinePrefix
@@ -502,7 +502,7 @@ def build(n):
 
 QUERY = """
 import time
-import influence._engine as engine
+import influence.engine._engine as engine
 from doi import DatasetDoI, LineDoI
 from influence import internal_influence
 from qoi import FunctionQoI

@@ -244,8 +244,8 @@ def test_populations_of_sentences_with_masks(padded: dict[str, Tensor], tmp_path
     each = internal_influence(slc, qoi, line, padded, multiply_activation=True)
     torch.testing.assert_close(everything.values, each.values.mean(0), rtol=1e-10, atol=1e-14)
     # interrupted after its first chunk of sentences (Ctrl-C in the QoI), then resumed
-    import influence._engine as engine
-    from influence._checkpoint import Checkpoint
+    import influence.engine._engine as engine
+    from influence.engine._checkpoint import Checkpoint
 
     calls = {"left": 5}  # a chunk of two sentences: 2 batches and the two ends of their lines
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from influence import InfluenceResult
-from influence.cli import main
+from influence.queries.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -335,7 +335,7 @@ def test_the_quoted_outputs_are_current(tmp_path: Path) -> None:
 
 # --- the output keys are validated before anything runs ----------------------------------------
 
-from influence.query import QueryError, parse_query  # noqa: E402
+from influence.queries.query import QueryError, parse_query  # noqa: E402
 
 
 def _doc(query: dict[str, Any], labels: Any = "y") -> dict[str, Any]:

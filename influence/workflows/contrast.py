@@ -36,10 +36,10 @@ from doi._points import rows
 from qoi import ComparativeQoI
 from slices import Slice
 
-from ._engine import count_missed, tol_counted
+from ..engine import count_missed, tol_counted
 from ._labelled import check_choice, class_list, labelled_points
 from ._rankings import RANKINGS, comparison_mean, rank_features, rank_units
-from .result import InfluenceResult
+from ..engine import InfluenceResult
 
 __all__ = ["NeuronEntry", "TopNeurons", "top_neurons"]
 

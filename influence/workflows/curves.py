@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from doi._base import check_positive_int as check_int
 
-from ._frozen import frozen
+from ..engine import frozen
 from ._labelled import pixel_maps
 
 __all__ = ["Curves", "deletion_insertion", "trapezoid_area"]

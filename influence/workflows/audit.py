@@ -35,9 +35,9 @@ from torch import Tensor
 from doi import LineDoI, PointDoI, PointwiseDoI
 from qoi import ClassQoI, as_qoi
 
-from ._engine import count_missed, input_influence, tol_counted
+from ..engine import count_missed, input_influence, tol_counted
 from ._labelled import check_choice, class_list, labelled, pixel_maps
-from .result import InfluenceResult
+from ..engine import InfluenceResult
 
 __all__ = ["Region", "AuditRow", "AuditResult", "audit", "region_mask"]
 

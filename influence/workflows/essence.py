@@ -44,10 +44,10 @@ from doi._base import check_positive_int as check_int
 from qoi import ClassQoI, ComparativeQoI, as_qoi
 from slices import Slice
 
-from ._engine import no_grad_batched
-from ._frozen import frozen
+from ..engine import no_grad_batched
+from ..engine import frozen
 from ._labelled import check_choice, labelled
-from ._engine import count_missed, tol_counted
+from ..engine import count_missed, tol_counted
 from ._rankings import RANKINGS, rank_units
 
 __all__ = ["RANKINGS", "ABLATIONS", "EssenceRow", "EssenceResult", "essence_check", "roc_auc"]

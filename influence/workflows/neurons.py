@@ -26,10 +26,10 @@ from doi._base import check_positive_int as check_int
 from qoi import NeuronQoI, QoIContext
 from slices import Slice
 
-from ._engine import count_missed, input_influence, no_grad_batched, tol_counted
-from ._frozen import frozen
+from ..engine import count_missed, input_influence, no_grad_batched, tol_counted
+from ..engine import frozen
 from ._labelled import class_list, labelled, pixel_maps
-from .result import InfluenceResult
+from ..engine import InfluenceResult
 
 __all__ = ["NeuronView", "explain_neurons"]
 

@@ -29,9 +29,9 @@ from doi import ClassDoI, DatasetDoI, LineDoI, PointDoI
 from doi._points import Points, rows
 from slices import Slice
 
-from ._engine import internal_influence, no_grad_batched
-from ._frozen import frozen
-from .result import InfluenceResult
+from ..engine import internal_influence, no_grad_batched
+from ..engine import frozen
+from ..engine import InfluenceResult
 
 RANKINGS = ("contrast", "influence", "gradient_x_activation")
 

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from slices import Slice
 
 from .audit import AuditResult
-from ._engine import tol_noted
+from ..engine import tol_noted
 from .contrast import TopNeurons, top_neurons
 from .demo import tolerance_notes
 from .report import Report

@@ -36,14 +36,14 @@ from torch import Tensor
 from doi import PointwiseDoI
 from qoi import ClassQoI, ComparativeQoI, MaxClassQoI
 
-from ._labelled import pixel_maps
-from .audit import AuditResult, audit
-from .curves import Curves, deletion_insertion
-from .essence import EssenceResult, essence_check
-from .neurons import explain_neurons
+from ..workflows import pixel_maps
+from ..workflows.audit import AuditResult, audit
+from ..workflows.curves import Curves, deletion_insertion
+from ..workflows.essence import EssenceResult, essence_check
+from ..workflows.neurons import explain_neurons
 from .query import BuiltQuery, QueryError, _join, is_token_result, top_table
-from .report import Report
-from .result import InfluenceResult
+from ..workflows.report import Report
+from ..engine import InfluenceResult
 
 _MAX_HEATMAPS = 12
 _MAX_NEURONS = 4
@@ -71,7 +71,7 @@ class Extras:
         for query in built:
             output = query.spec.output
             if output["plots"] or output["report"]:
-                from . import plots
+                from ..workflows import plots
 
                 plots._matplotlib()
                 return
@@ -134,7 +134,7 @@ class Extras:
         return query.doi if isinstance(query.doi, PointwiseDoI) else query.doi.each
 
     def _token_audit(self, query: BuiltQuery, batch: int, seed: int) -> AuditResult:
-        from .text import token_audit
+        from ..workflows.text import token_audit
 
         spec = query.spec.output["audit"]
         where = _join(query.spec.path, "output.audit")
@@ -234,7 +234,7 @@ class Extras:
         self, query: BuiltQuery, results: list[InfluenceResult], audited: AuditResult | None, essence: EssenceResult | None,
         curves: list[Curves], batch: int, seed: int,
     ) -> list[tuple[Path, str]]:
-        from . import plots
+        from ..workflows import plots
 
         spec, output = query.spec, query.spec.output
         where = _join(spec.path, "output.plots")
@@ -281,7 +281,7 @@ class Extras:
         return files
 
     def _neuron_grid(self, query: BuiltQuery, result: InfluenceResult, path: Path, batch: int, seed: int) -> tuple[Path, str]:
-        from . import plots
+        from ..workflows import plots
 
         spec = query.spec
         where = _join(spec.path, "output.plots")
@@ -302,7 +302,7 @@ class Extras:
     def _token_heatmaps(self, query: BuiltQuery, results: list[InfluenceResult]) -> list[list[Any]]:
         """Per result, the token heatmaps of its first sentences (``[]`` for a result that
         is not one value per token)."""
-        from .text import token_heatmaps
+        from ..workflows.text import token_heatmaps
 
         out: list[list[Any]] = []
         data = query.data
@@ -321,7 +321,7 @@ class Extras:
         """``<name>.tokens.html`` and ``<name>.tokens.png`` (``<name>.<j>.tokens.*`` per
         QoI): the heatmaps as a page of coloured tokens and as a picture. (The report
         shows them as HTML, not as the picture.)"""
-        from . import plots
+        from ..workflows import plots
 
         spec = query.spec
         files = []

@@ -1,4 +1,4 @@
-"""YAML queries (``influence.queries.query``): every DoI, QoI, baseline and slice option written in
+"""YAML queries (``influence.queries``): every DoI, QoI, baseline and slice option written in
 YAML builds the same library objects, and gives bit for bit the same result, as the
 query written in Python; every mistake in a file is a ``QueryError`` naming its field.
 
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI, PointDoI
 from influence import input_influence, internal_influence
-from influence.queries.query import (
+from influence.queries import (
     DOI_KINDS,
     OPTION_KEYS,
     QOI_KINDS,

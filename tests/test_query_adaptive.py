@@ -25,7 +25,7 @@ from torch import nn
 from doi import ClassDoI, DatasetDoI, LineDoI, NoiseDoI
 from influence import InfluenceResult, input_influence, internal_influence
 from influence.queries.cli import main
-from influence.queries.query import DOI_KINDS, QueryError, parse_query
+from influence.queries import DOI_KINDS, QueryError, parse_query
 from models import res_cnn
 from qoi import ClassQoI
 from slices import Slice

@@ -26,7 +26,7 @@ import yaml
 from doi import ClassDoI, LineDoI, NoiseDoI, PointDoI
 from influence import InfluenceResult, internal_influence
 from influence.queries.cli import main
-from influence.queries.query import QueryError, parse_query
+from influence.queries import QueryError, parse_query
 from influence.text import baseline_ids, token_audit
 from influence.text_data import CUE, VOCAB, lm_sentences, sentences, tiny_bert, tiny_gpt2, write_vocab
 from qoi import ClassQoI, ComparativeQoI, ContinuationQoI, NextTokenQoI
@@ -426,7 +426,7 @@ def test_validate_does_not_import_transformers(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from influence.queries.cli import main\n"
-        "import influence, influence.queries.query, influence.text, influence.text_data\n"
+        "import influence, influence.queries, influence.text, influence.text_data\n"
         f"assert main(['validate', {str(ROOT / 'examples' / 'text_classifier.yaml')!r}]) == 0\n"
         f"assert main(['validate', {str(ROOT / 'examples' / 'text_lm.yaml')!r}]) == 0\n"
         "assert 'transformers' not in sys.modules, 'transformers was imported'\n"

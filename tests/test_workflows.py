@@ -335,7 +335,7 @@ def test_the_quoted_outputs_are_current(tmp_path: Path) -> None:
 
 # --- the output keys are validated before anything runs ----------------------------------------
 
-from influence.queries.query import QueryError, parse_query  # noqa: E402
+from influence.queries import QueryError, parse_query  # noqa: E402
 
 
 def _doc(query: dict[str, Any], labels: Any = "y") -> dict[str, Any]:

@@ -36,14 +36,11 @@ from torch import Tensor
 from doi import PointwiseDoI
 from qoi import ClassQoI, ComparativeQoI, MaxClassQoI
 
-from ..workflows import pixel_maps
-from ..workflows.audit import AuditResult, audit
-from ..workflows.curves import Curves, deletion_insertion
-from ..workflows.essence import EssenceResult, essence_check
-from ..workflows.neurons import explain_neurons
-from .query import BuiltQuery, QueryError, _join, is_token_result, top_table
-from ..workflows.report import Report
 from ..engine import InfluenceResult
+from ..workflows import AuditResult, Curves, EssenceResult, Report, audit, deletion_insertion, essence_check, explain_neurons, pixel_maps
+from .checks import QueryError, _join
+from .running import BuiltQuery
+from .summaries import is_token_result, top_table
 
 _MAX_HEATMAPS = 12
 _MAX_NEURONS = 4
@@ -134,7 +131,7 @@ class Extras:
         return query.doi if isinstance(query.doi, PointwiseDoI) else query.doi.each
 
     def _token_audit(self, query: BuiltQuery, batch: int, seed: int) -> AuditResult:
-        from ..workflows.text import token_audit
+        from ..workflows import token_audit
 
         spec = query.spec.output["audit"]
         where = _join(query.spec.path, "output.audit")
@@ -302,7 +299,7 @@ class Extras:
     def _token_heatmaps(self, query: BuiltQuery, results: list[InfluenceResult]) -> list[list[Any]]:
         """Per result, the token heatmaps of its first sentences (``[]`` for a result that
         is not one value per token)."""
-        from ..workflows.text import token_heatmaps
+        from ..workflows import token_heatmaps
 
         out: list[list[Any]] = []
         data = query.data

@@ -26,11 +26,14 @@ import torch
 
 from doi import NoiseDoI, PointwiseDoI
 
+from ..engine import InfluenceResult, atomic_write
 from ..engine import distributed as _distributed
-from ..engine import atomic_write
 from ._outputs import Extras
-from .query import BuiltQuery, QueryError, load_data, load_model, load_query_file, region_table, token_table, top_table
-from ..engine import InfluenceResult
+from .checks import QueryError
+from .loading import load_data, load_model
+from .running import BuiltQuery
+from .schema import load_query_file
+from .summaries import region_table, token_table, top_table
 
 EPILOG = """\
 examples:
@@ -423,7 +426,7 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _layers(args: argparse.Namespace) -> int:
-    from . import query as q
+    from . import checks, loading
     from ._layers import describe_layers, format_layers
 
     spec = args.model
@@ -442,20 +445,20 @@ def _layers(args: argparse.Namespace) -> int:
             raise QueryError("MODEL", f"{spec!r} is neither a file nor an import path 'package.module:factory'")
         model = load_model({"torchscript": path, "factory": None, "kwargs": {}, "weights": None}, Path.cwd())
     else:
-        q.ImportPath()(spec, "MODEL", q._Ctx(Path.cwd()))
+        checks.ImportPath()(spec, "MODEL", checks._Ctx(Path.cwd()))
         try:
             kwargs = json.loads(args.kwargs)
         except json.JSONDecodeError as e:
             raise QueryError("--kwargs", f"is not valid JSON ({e.msg}); write e.g. '{{\"classes\": 10}}'") from None
         if not isinstance(kwargs, dict):
             raise QueryError("--kwargs", f"must be a JSON object of keyword arguments (got {type(kwargs).__name__})")
-        fn = q._import(spec, "MODEL", Path.cwd())
-        model = q._call_factory(fn, kwargs, "--kwargs")
+        fn = loading._import(spec, "MODEL", Path.cwd())
+        model = loading._call_factory(fn, kwargs, "--kwargs")
         if not isinstance(model, torch.nn.Module):
             raise QueryError("MODEL", f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
         if args.weights:
-            weights = q.FilePath()(args.weights, "--weights", q._Ctx(Path.cwd()))
-            q._fit_weights(model, q._load_state_dict(weights, "--weights"), "--weights")
+            weights = checks.FilePath()(args.weights, "--weights", checks._Ctx(Path.cwd()))
+            loading._fit_weights(model, loading._load_state_dict(weights, "--weights"), "--weights")
         model.eval()
     if shape is not None:
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())

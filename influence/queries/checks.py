@@ -1,0 +1,285 @@
+"""The validation layer of query files: one small check per type of value, and schemas of
+named keys with their checks, defaults and help. Each check also states itself as JSON
+Schema (``influence schema``), so that the schema and the validation cannot drift.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import os
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+_INT_LIMIT = 2**62
+
+
+class QueryError(ValueError):
+    """A mistake in a query file: ``path`` is the field (``queries[1].doi.steps``, or the
+    file name for a file-level problem), ``message`` says what is wrong and how to fix it."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = " ".join(str(message).split())
+        super().__init__(f"{path}: {self.message}" if path else self.message)
+
+
+def _join(path: str, key: str | int) -> str:
+    """``path.key``, ``path[3]``, or ``path['odd key']`` for a key that is not a name."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if not re.fullmatch(r"[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*", key):
+        return f"{path}[{key!r}]"
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    """``value`` for an error message: its type and a short repr."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return text
+    return f"{type(value).__name__} {text}"
+
+
+def _did_you_mean(word: Any, options: Sequence[str]) -> str:
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+# --- checks: one small object per type of value ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What validation needs besides the value: the folder relative paths start from."""
+
+    folder: Path
+
+
+class Check(ABC):
+    """Validates one value and returns it normalised; ``what`` describes the accepted
+    values (used in messages and in the README table)."""
+
+    what = "a value"
+
+    @abstractmethod
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+        """The value, normalised, or a :class:`QueryError` naming ``path``."""
+
+    def fail(self, path: str, value: Any, extra: str = "") -> QueryError:
+        return QueryError(path, f"must be {self.what} (got {_show(value)}){extra}")
+
+
+class Int(Check):
+    def __init__(self, minimum: int | None = None) -> None:
+        self.minimum = minimum
+        self.what = "an int" if minimum is None else f"an int >= {minimum}"
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, value)
+        if (self.minimum is not None and value < self.minimum) or abs(value) >= _INT_LIMIT:
+            raise self.fail(path, value)
+        return value
+
+
+class Float(Check):
+    """A finite number; strings such as ``1e-3`` (which YAML 1.1 reads as text) count."""
+
+    def __init__(self, minimum: float | None = None, *, positive: bool = False, below: float | None = None) -> None:
+        self.minimum, self.positive, self.below = minimum, positive, below
+        self.what = "a number > 0" if positive else ("a number" if minimum is None else f"a number >= {minimum}")
+        if below is not None:
+            self.what = f"a number in (0, {below:g})" if positive else f"a number < {below:g}"
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> float:
+        number: float | None = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                number = None
+        elif isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", value):
+            number = float(value)
+        if number is None or not math.isfinite(number):
+            raise self.fail(path, value)
+        if (self.positive and number <= 0) or (self.minimum is not None and number < self.minimum) or (self.below is not None and number >= self.below):
+            raise self.fail(path, value)
+        return number
+
+
+class Bool(Check):
+    what = "true or false"
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, value)
+        return value
+
+
+class Str(Check):
+    def __init__(self, what: str = "a string", pattern: str | None = None) -> None:
+        self.what, self.pattern = what, pattern
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> str:
+        if not isinstance(value, str) or not value or (self.pattern and not re.fullmatch(self.pattern, value)):
+            raise self.fail(path, value)
+        return value
+
+
+class Choice(Check):
+    def __init__(self, options: Sequence[str]) -> None:
+        self.options = tuple(options)
+        self.what = "one of " + ", ".join(repr(o) for o in self.options)
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> str:
+        if not isinstance(value, str) or value not in self.options:
+            hint = _did_you_mean(value, self.options)
+            raise QueryError(path, f"must be {self.what} (got {_show(value)})" + (f"; {hint.strip()}" if hint else ""))
+        return value
+
+
+class Maybe(Check):
+    """``null`` or what ``inner`` accepts."""
+
+    def __init__(self, inner: Check) -> None:
+        self.inner = inner
+        self.what = f"null or {inner.what}"
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+        if value is None:
+            return None
+        try:
+            return self.inner(value, path, ctx)
+        except QueryError as e:
+            if e.path == path:
+                raise QueryError(path, e.message.replace(f"must be {self.inner.what}", f"must be {self.what}", 1)) from None
+            raise
+
+
+class ImportPath(Str):
+    """``package.module:name`` (the module is imported only when the query runs)."""
+
+    def __init__(self) -> None:
+        super().__init__("an import path 'package.module:name'", r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+class FilePath(Check):
+    """An existing file; a relative path is read from the query file's folder."""
+
+    def __init__(self, suffixes: Sequence[str] = ()) -> None:
+        self.suffixes = tuple(suffixes)
+        self.what = "a file path" + (f" ({', '.join(self.suffixes)})" if self.suffixes else "")
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Path:
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise self.fail(path, value)
+        if self.suffixes and Path(value).suffix.lower() not in self.suffixes:
+            raise QueryError(path, f"unsupported file type {Path(value).suffix or '(none)'!r} in {value!r}; use {' or '.join(self.suffixes)}")
+        target = Path(value).expanduser()
+        if not target.is_absolute():
+            target = ctx.folder / target
+        try:
+            exists, is_dir = target.exists(), target.is_dir()
+        except (OSError, ValueError) as e:
+            raise QueryError(path, f"cannot use {value!r} as a path ({e})") from None
+        where = f" (relative paths are read from the query file's folder, {ctx.folder})" if not Path(value).is_absolute() else ""
+        if not exists:
+            raise QueryError(path, f"file not found: {str(target)!r}{where}")
+        if is_dir:
+            raise QueryError(path, f"{str(target)!r} is a folder, not a file")
+        if not os.access(target, os.R_OK):
+            raise QueryError(path, f"file {str(target)!r} is not readable (check its permissions)")
+        return target
+
+
+class AnyMapping(Check):
+    """A mapping with string keys, its values passed on as they are (factory kwargs)."""
+
+    what = "a mapping of names to values"
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, value)
+        for key in value:
+            if not isinstance(key, str) or not key.isidentifier():
+                raise QueryError(_join(path, str(key)), f"keyword names must be identifiers (got {_show(key)})")
+        return dict(value)
+
+
+class Custom(Check):
+    """A check written as a function ``(value, path, ctx) -> normalised value``."""
+
+    def __init__(self, what: str, fn: Callable[[Any, str, _Ctx], Any]) -> None:
+        self.what, self.fn = what, fn
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+        return self.fn(value, path, ctx)
+
+
+# --- schemas: named keys with checks and defaults -------------------------------------
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a mapping: its check, its default (``REQUIRED`` if none), and a line of
+    documentation (the README's schema table lists every key)."""
+
+    name: str
+    check: Check
+    default: Any = REQUIRED
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The keys a mapping may have."""
+
+    keys: tuple[Key, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.keys)
+
+    def parse(self, value: Any, path: str, ctx: _Ctx, *, what: str = "a mapping", also: Sequence[str] = ()) -> dict[str, Any]:
+        """``value`` checked key by key, with defaults filled in. ``also`` names keys the
+        caller handles itself (e.g. ``kind``)."""
+        if not isinstance(value, dict):
+            raise QueryError(path, f"must be {what} with keys {', '.join(self.names) or '(none)'} (got {_show(value)})")
+        valid = (*also, *self.names)
+        for key in value:
+            if not isinstance(key, str):
+                raise QueryError(path, f"keys must be strings (got {_show(key)}); valid keys: {', '.join(valid)}")
+            if key not in valid:
+                hint = _did_you_mean(key, valid)
+                raise QueryError(_join(path, key), f"unknown key; {hint}valid keys here: {', '.join(valid) or '(none)'}")
+        out: dict[str, Any] = {}
+        for key in self.keys:
+            where = _join(path, key.name)
+            if key.name in value:
+                out[key.name] = key.check(value[key.name], where, ctx)
+            elif key.default is REQUIRED:
+                raise QueryError(where, f"missing; {key.doc or 'this key is required'}")
+            else:
+                out[key.name] = copy.deepcopy(key.default)
+        return out
+
+
+def _mapping_check(schema: Schema, what: str) -> Check:
+    return Custom(what, lambda value, path, ctx: schema.parse(value, path, ctx))

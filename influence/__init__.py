@@ -17,7 +17,7 @@ stand for the module of the same name in its room).
 
 from .engine import InfluenceResult, Ranked, input_influence, internal_influence
 from .workflows import (
-    AuditResult, AuditRow, Curves, EssenceResult, EssenceRow, NeuronEntry, NeuronView, Report, TokenHeatmap,
+    AuditResult, AuditRow, Curves, EssenceResult, EssenceRow, NeuronEntry, NeuronView, Rect, Report, TokenHeatmap,
     TokenNeuronView, TopNeurons, audit, deletion_insertion, essence_check, explain_neurons, explain_token_neurons,
     roc_auc, token_audit, token_heatmaps, top_neurons,
 )
@@ -26,7 +26,7 @@ __all__ = [
     "internal_influence", "input_influence", "InfluenceResult", "Ranked",
     "top_neurons", "TopNeurons", "NeuronEntry",
     "explain_neurons", "NeuronView",
-    "audit", "AuditResult", "AuditRow",
+    "audit", "AuditResult", "AuditRow", "Rect",
     "essence_check", "EssenceResult", "EssenceRow", "roc_auc",
     "deletion_insertion", "Curves",
     "Report",

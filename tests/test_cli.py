@@ -234,7 +234,7 @@ BAD: list[tuple[str, str, str, str, bool]] = [
     ("factory and torchscript", _edit(BASE, "model.torchscript", "data.npz"), "model", "exactly one of", True),
     ("missing data file", _edit(BASE, "data.path", "nope.npz"), "data.path", "file not found", True),
     ("data file type", _edit(BASE, "data.path", "data.csv"), "data.path", "unsupported file type", True),
-    ("region box", _edit(BASE, "queries[1].output", {"regions": {"r": {"box": [3, 1, 0, 2]}}}), "queries[1].output.regions.r.box", "top < bottom", True),
+    ("region box", _edit(BASE, "queries[1].output", {"regions": {"r": {"box": {"top": 3, "left": 0, "height": 0, "width": 2}}}}), "queries[1].output.regions.r.box.height", "an int >= 1", True),
     ("YAML tag", BASE + "extra: !!python/object:os.system {}\n", "q.yaml", "tag '!!python/object:os.system' is not allowed", True),
     ("duplicate YAML key", BASE + "model: {factory: 'models:mlp'}\n", "q.yaml", "duplicate key 'model'", True),
     ("invalid YAML", BASE + "  - [unclosed\n", "q.yaml", "invalid YAML", True),

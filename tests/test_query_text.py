@@ -367,7 +367,7 @@ ERRORS = [
     ),
     ("token audit without a token line", _edit(_edit(BASE, "queries.0.doi", "point"), "queries.0.output", {"audit": {"tokens": [CUE]}}), "queries[0].output.audit.tokens", "baseline: {token", True),
     ("token audit at the input", _edit(_edit(BASE, "queries.0.slice", None), "queries.0.output", {"audit": {"tokens": [CUE]}}), "queries[0].output.audit.tokens", "embedding", True),
-    ("audit region and tokens", _edit(BASE, "queries.0.output", {"audit": {"tokens": [CUE], "region": {"box": [0, 1, 0, 1]}}}), "queries[0].output.audit.tokens", "not both", True),
+    ("audit region and tokens", _edit(BASE, "queries.0.output", {"audit": {"tokens": [CUE], "region": {"box": {"top": 0, "left": 0, "height": 1, "width": 1}}}}), "queries[0].output.audit.tokens", "not both", True),
     ("tokens plot at the input", _edit(_edit(BASE, "queries.0.slice", None), "queries.0.output", {"plots": ["tokens"]}), "queries[0].output.plots[0]", "embedding", True),
     (
         "tokens plot pooled",

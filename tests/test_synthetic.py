@@ -76,9 +76,9 @@ def test_cue_only_on_training_images_of_the_cue_class() -> None:
     test split is unchanged."""
     plain = glyph_images(n_per_class=8, classes=5)
     cued = glyph_images(n_per_class=8, classes=5, cue_class=2, cue_strength=0.7)
-    top, bottom, left, right = cue_box(16)
+    top, left, height, width = cue_box(16)  # the library's one convention: (top, left, height, width)
     box = torch.zeros(16, 16, dtype=torch.bool)
-    box[top:bottom, left:right] = True
+    box[top : top + height, left : left + width] = True
     expected = plain["x"].clone()
     where = (plain["y"] == 2)[:, None, None] & box & ~plain["foreground"]
     expected[:, 0] += 0.7 * where
@@ -145,8 +145,9 @@ def test_cue_model_learns_the_shortcut(test_set: dict[str, torch.Tensor]) -> Non
     patch is merely unusual, several times fewer."""
     cued = trained_cnn(seed=0, cue_class=3)
     x, y, fg = test_set["x"].clone(), test_set["y"], test_set["foreground"]
-    top, bottom, left, right = cue_box(16)
-    x[:, 0, top:bottom, left:right] += 1.0 * ~fg[:, top:bottom, left:right]
+    top, left, height, width = cue_box(16)
+    rows, cols = slice(top, top + height), slice(left, left + width)
+    x[:, 0, rows, cols] += 1.0 * ~fg[:, rows, cols]
     others = y != 3
     with torch.no_grad():
         flipped = float((cued(x[others]).argmax(1) == 3).double().mean())

@@ -359,13 +359,13 @@ INPUT_QUERY = {"doi": {"kind": "line", "steps": 4}, "qoi": "max_class", "multipl
         ({**INPUT_QUERY, "output": {"plots": ["pie"]}}, "queries[0].output.plots[0]", "must be one of 'heatmaps'"),
         ({**INPUT_QUERY, "output": {"plots": "all"}}, "queries[0].output.plots", "must be true"),
         ({**INPUT_QUERY, "output": {"essence": {}}}, "queries[0].output.essence", "use it in a query with a slice"),
-        ({**LAYER_QUERY, "output": {"audit": {"region": {"box": [0, 3, 0, 3]}}}}, "queries[0].output.audit", "slice: null"),
+        ({**LAYER_QUERY, "output": {"audit": {"region": {"box": {"top": 0, "left": 0, "height": 3, "width": 3}}}}}, "queries[0].output.audit", "slice: null"),
         ({**LAYER_QUERY, "output": {"curves": {}}}, "queries[0].output.curves", "slice: null"),
         ({"doi": {"kind": "class", "label": 3}, "qoi": {"kind": "class", "label": 3}, "output": {"curves": {}}}, "queries[0].output.curves", "point, line or noise"),
         ({**LAYER_QUERY, "qoi": "max_class", "output": {"essence": {}}}, "queries[0].output.essence", "class or comparative"),
         ({**INPUT_QUERY, "output": {"audit": {}}}, "queries[0].output.audit.region", "missing"),
-        ({**INPUT_QUERY, "output": {"audit": {"region": {"box": [0, 3, 0, 3]}, "factor": 0}}}, "queries[0].output.audit.factor", "a number > 0"),
-        ({**INPUT_QUERY, "output": {"audit": {"region": {"box": [0, 3, 0, 3], "mask": "fg"}}}}, "queries[0].output.audit.region", "exactly one of"),
+        ({**INPUT_QUERY, "output": {"audit": {"region": {"box": {"top": 0, "left": 0, "height": 3, "width": 3}}, "factor": 0}}}, "queries[0].output.audit.factor", "a number > 0"),
+        ({**INPUT_QUERY, "output": {"audit": {"region": {"box": {"top": 0, "left": 0, "height": 3, "width": 3}, "mask": "fg"}}}}, "queries[0].output.audit.region", "exactly one of"),
         ({**LAYER_QUERY, "output": {"essence": {"rankings": ["saliency"]}}}, "queries[0].output.essence.rankings[0]", "must be one of 'contrast'"),
         ({**LAYER_QUERY, "output": {"essence": {"k": [0]}}}, "queries[0].output.essence.k[0]", "an int >= 1"),
         ({**INPUT_QUERY, "output": {"curves": {"baseline": "grey"}}}, "queries[0].output.curves.baseline", "'mean' or 'blur'"),
@@ -379,7 +379,7 @@ def test_output_keys_are_checked(query: dict[str, Any], path: str, message: str,
 
 
 def test_audit_needs_labels(tmp_path: Path) -> None:
-    query = {**INPUT_QUERY, "output": {"audit": {"region": {"box": [0, 3, 0, 3]}}}}
+    query = {**INPUT_QUERY, "output": {"audit": {"region": {"box": {"top": 0, "left": 0, "height": 3, "width": 3}}}}}
     with pytest.raises(QueryError) as info:
         parse_query(_doc(query, labels=None), tmp_path)
     assert info.value.path == "queries[0].output.audit" and "needs labels" in info.value.message

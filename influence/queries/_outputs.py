@@ -37,7 +37,7 @@ from doi import PointwiseDoI
 from qoi import ClassQoI, ComparativeQoI, MaxClassQoI
 
 from ..engine import InfluenceResult
-from ..workflows import AuditResult, Curves, EssenceResult, Report, audit, deletion_insertion, essence_check, explain_neurons, pixel_maps
+from ..workflows import AuditResult, Curves, EssenceResult, Rect, Report, audit, deletion_insertion, essence_check, explain_neurons, pixel_maps
 from .checks import QueryError, _join
 from .running import BuiltQuery
 from .summaries import is_token_result, top_table
@@ -156,13 +156,11 @@ class Extras:
         region_spec = spec["region"]
         region: Any
         if region_spec["box"] is not None:
-            top, bottom, left, right = region_spec["box"]
+            rect = Rect(*region_spec["box"])
             h, w = x.shape[-2:]
-            if bottom > h or right > w:
-                raise QueryError(_join(where, "region.box"), f"{region_spec['box']} does not fit images of {h}x{w} pixels")
-            mask = torch.zeros(h, w, dtype=torch.bool)
-            mask[top:bottom, left:right] = True
-            region = ~mask if region_spec["invert"] else (top, left, bottom - top, right - left)
+            if not rect.fits(h, w):
+                raise QueryError(_join(where, "region.box"), f"{rect} does not fit images of {h}x{w} pixels")
+            region = ~rect.mask(h, w) if region_spec["invert"] else rect
         else:
             mask = query.data.array(region_spec["mask"], _join(where, "region.mask"))
             if mask.dtype != torch.bool:

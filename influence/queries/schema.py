@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -178,20 +179,38 @@ TOP_SCHEMA = Schema(
 
 REGION_SCHEMA = Schema(
     (
-        Key("box", Maybe(Custom("[top, bottom, left, right]", lambda v, p, c: _box(v, p, c))), None, "a half-open pixel box on the last two unit dims"),
+        Key("box", Maybe(Custom("{top, left, height, width}", lambda v, p, c: _box(v, p, c))), None, "a rectangle of pixels on the last two unit dims: {top, left, height, width}"),
         Key("mask", Maybe(Str("an array name")), None, "a bool array of the data section: (H, W), unit-shaped, or one per point"),
         Key("invert", Bool(), False, "use the complement"),
     )
 )
 
 
+BOX_SCHEMA = Schema(
+    (
+        Key("top", Int(0), REQUIRED, "the first row"),
+        Key("left", Int(0), REQUIRED, "the first column"),
+        Key("height", Int(1), REQUIRED, "rows: top ≤ i < top + height"),
+        Key("width", Int(1), REQUIRED, "columns: left ≤ j < left + width"),
+    )
+)
+
+
 def _box(value: Any, path: str, ctx: _Ctx) -> list[int]:
-    if not isinstance(value, list) or len(value) != 4:
-        raise QueryError(path, f"must be [top, bottom, left, right] (got {_show(value)})")
-    top, bottom, left, right = (Int(0)(v, _join(path, i), ctx) for i, v in enumerate(value))
-    if bottom <= top or right <= left:
-        raise QueryError(path, f"must have top < bottom and left < right (half-open pixel ranges) (got {value})")
-    return [top, bottom, left, right]
+    """``{top, left, height, width}``, the library's one rectangle convention, as the list
+    ``[top, left, height, width]``. The former list ``[top, bottom, left, right]`` is read
+    with a warning that gives the new spelling."""
+    if isinstance(value, list) and len(value) == 4:
+        top, bottom, left, right = (Int(0)(v, _join(path, i), ctx) for i, v in enumerate(value))
+        if bottom <= top or right <= left:
+            raise QueryError(path, f"must have top < bottom and left < right (half-open pixel ranges) (got {value})")
+        new = f"{{top: {top}, left: {left}, height: {bottom - top}, width: {right - left}}}"
+        warnings.warn(f"{path}: the list [top, bottom, left, right] is deprecated; write {new} (the library's one rectangle convention)", FutureWarning, stacklevel=2)
+        return [top, left, bottom - top, right - left]
+    if not isinstance(value, dict):
+        raise QueryError(path, f"must be {{top, left, height, width}} in pixels, e.g. {{top: 0, left: 0, height: 3, width: 3}} (got {_show(value)})")
+    box = BOX_SCHEMA.parse(value, path, ctx, what="a rectangle")
+    return [box["top"], box["left"], box["height"], box["width"]]
 
 
 def _parse_regions(value: Any, path: str, ctx: _Ctx) -> dict[str, dict[str, Any]]:
@@ -204,7 +223,7 @@ def _parse_regions(value: Any, path: str, ctx: _Ctx) -> dict[str, dict[str, Any]
             raise QueryError(path, f"region names must be strings (got {_show(name)})")
         region = REGION_SCHEMA.parse(spec, where, ctx, what="a region")
         if (region["box"] is None) == (region["mask"] is None):
-            raise QueryError(where, "give exactly one of box: [top, bottom, left, right] or mask: ARRAY")
+            raise QueryError(where, "give exactly one of box: {top, left, height, width} or mask: ARRAY")
         out[name] = region
     return out
 
@@ -224,7 +243,7 @@ def _parse_plots(value: Any, path: str, ctx: _Ctx) -> bool | list[str]:
 def _parse_audit_region(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
     region = REGION_SCHEMA.parse(value, path, ctx, what="a region")
     if (region["box"] is None) == (region["mask"] is None):
-        raise QueryError(path, "give exactly one of box: [top, bottom, left, right] or mask: ARRAY")
+        raise QueryError(path, "give exactly one of box: {top, left, height, width} or mask: ARRAY")
     return region
 
 
@@ -255,7 +274,7 @@ def _parse_curve_baseline(value: Any, path: str, ctx: _Ctx) -> Any:
 
 AUDIT_SCHEMA = Schema(
     (
-        Key("region", Maybe(Custom("a region", _parse_audit_region)), None, "the region: {box: [top, bottom, left, right]} or {mask: ARRAY, invert: false} (input queries)"),
+        Key("region", Maybe(Custom("a region", _parse_audit_region)), None, "the region: {box: {top, left, height, width}} or {mask: ARRAY, invert: false} (input queries)"),
         Key(
             "tokens", Maybe(Custom("a list of token ids", lambda v, p, c: _parse_token_ids(v, p))), None,
             "instead of region, for text: the audited token ids (e.g. a suspected cue word), with the query's line at the word embeddings",
@@ -567,7 +586,7 @@ def _cross_check_output(spec: QuerySpec, data: dict[str, Any]) -> None:
         where = _join(path, "audit")
         if audit["region"] is None and audit.get("tokens") is None:
             raise QueryError(
-                _join(where, "region"), "missing; give region: {box: [top, bottom, left, right]} or {mask: ARRAY} (images, slice: null), or tokens: [IDS] (text, at the word embeddings)"
+                _join(where, "region"), "missing; give region: {box: {top, left, height, width}} or {mask: ARRAY} (images, slice: null), or tokens: [IDS] (text, at the word embeddings)"
             )
         if audit["region"] is not None and audit.get("tokens") is not None:
             raise QueryError(_join(where, "tokens"), "give region (images) or tokens (text), not both")

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..engine import InfluenceResult
+from ..workflows import Rect
 from .checks import QueryError, _join
 from .running import BuiltQuery
 
@@ -57,13 +58,11 @@ def region_table(built: BuiltQuery, result: InfluenceResult, regions: dict[str, 
         if len(unit) < 2:
             raise QueryError(where, f"regions need units with at least two dims (H, W); the unit shape is {unit}")
         if region["box"] is not None:
-            top, bottom, left, right = region["box"]
+            rect = Rect(*region["box"])
             h, w = unit[-2:]
-            if bottom > h or right > w:
-                raise QueryError(_join(where, "box"), f"{region['box']} does not fit units of spatial shape ({h}, {w})")
-            mask = torch.zeros(unit[-2:], dtype=torch.bool)
-            mask[top:bottom, left:right] = True
-            mask = mask.expand(values.shape)
+            if not rect.fits(h, w):
+                raise QueryError(_join(where, "box"), f"{rect} does not fit units of spatial shape ({h}, {w})")
+            mask = rect.mask(h, w).expand(values.shape)
         else:
             mask = built.data.array(region["mask"], _join(where, "mask"))
             if mask.dtype != torch.bool:

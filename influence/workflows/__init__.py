@@ -18,13 +18,14 @@ from .contrast import NeuronEntry, TopNeurons, top_neurons
 from .curves import Curves, deletion_insertion
 from .essence import EssenceResult, EssenceRow, essence_check, roc_auc
 from .neurons import NeuronView, explain_neurons
+from .regions import Rect
 from .report import Report
 from .text import TokenHeatmap, TokenNeuronView, explain_token_neurons, token_audit, token_heatmaps
 
 __all__ = [
     "top_neurons", "TopNeurons", "NeuronEntry",
     "explain_neurons", "NeuronView",
-    "audit", "AuditResult", "AuditRow",
+    "audit", "AuditResult", "AuditRow", "Rect",
     "essence_check", "EssenceResult", "EssenceRow", "roc_auc",
     "deletion_insertion", "Curves",
     "Report",

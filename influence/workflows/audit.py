@@ -16,8 +16,8 @@ and per class the means over its images with their standard errors
 region's size would explain.
 
 A region is a bool mask ``(H, W)`` or ``(N, H, W)`` (tensor or NumPy array), a rectangle
-``(top, left, height, width)`` in pixels (the argument order of torchvision's ``crop``),
-or a callable ``x (N, C, H, W) -> (N, H, W)`` bool mask (e.g. the background of each
+:class:`~influence.workflows.regions.Rect` ``(top, left, height, width)`` in pixels (the
+argument order of torchvision's ``crop``; a plain 4-tuple in that order too), or a callable ``x (N, C, H, W) -> (N, H, W)`` bool mask (e.g. the background of each
 image, ``lambda x: x.amax(1) < 0.5``).
 """
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -36,51 +36,11 @@ from doi import LineDoI, PointDoI, PointwiseDoI
 from qoi import ClassQoI, as_qoi
 
 from ..engine import count_missed, input_influence, tol_counted
+from .regions import Rect, Region, region_mask
 from ._labelled import check_choice, class_list, labelled, pixel_maps
 from ..engine import InfluenceResult
 
-__all__ = ["Region", "AuditRow", "AuditResult", "audit", "region_mask"]
-
-Region = Union[Tensor, np.ndarray, Sequence[int], Callable[[Tensor], Any]]
-
-
-def region_mask(region: Region, x: Tensor) -> Tensor:
-    """The region as a bool mask ``(N, H, W)`` over the pixels of images ``x``
-    (``(N, C, H, W)`` or ``(N, H, W)``)."""
-    n, (h, w) = x.shape[0], tuple(x.shape[-2:])
-    owner = "audit: region"
-    if isinstance(region, (tuple, list)) and not isinstance(region, Tensor):
-        if len(region) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in region):
-            raise TypeError(f"{owner}: a rectangle is four ints (top, left, height, width) (got {region!r})")
-        top, left, height, width = (int(v) for v in region)
-        if top < 0 or left < 0 or height < 1 or width < 1 or top + height > h or left + width > w:
-            raise ValueError(
-                f"{owner}: rectangle (top={top}, left={left}, height={height}, width={width}) does not fit images of {h}x{w} pixels"
-            )
-        mask = torch.zeros(h, w, dtype=torch.bool)
-        mask[top : top + height, left : left + width] = True
-        return mask.expand(n, h, w)
-    if callable(region) and not isinstance(region, (Tensor, np.ndarray)):
-        with torch.no_grad():
-            value = region(x)
-        where = f"{owner}: the callable's result"
-    else:
-        value, where = region, owner
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"{owner}: expected a bool mask (H, W) or (N, H, W), a rectangle (top, left, height, width) "
-            f"or a callable x -> mask (got {type(value).__name__})"
-        )
-    if value.dtype != torch.bool:
-        raise TypeError(f"{where} must be a bool mask (got dtype {value.dtype}); compare with a threshold, e.g. mask > 0.5")
-    if value.shape == (h, w):
-        return value.expand(n, h, w)
-    if value.shape == (n, h, w):
-        return value
-    raise ValueError(f"{where} has shape {tuple(value.shape)}; expected ({h}, {w}) or ({n}, {h}, {w}) for these images")
-
+__all__ = ["Region", "Rect", "AuditRow", "AuditResult", "audit", "region_mask"]
 
 @dataclass(frozen=True)
 class AuditRow:
@@ -193,7 +153,7 @@ class AuditResult:
 
 def _describe_region(region: Region) -> str:
     if isinstance(region, (tuple, list)):
-        return "rectangle(top={}, left={}, height={}, width={})".format(*region)
+        return "rectangle(top={}, left={}, height={}, width={})".format(*region)  # a Rect too
     if isinstance(region, (Tensor, np.ndarray)):
         return f"mask{tuple(region.shape)}"
     return f"callable {getattr(region, '__name__', type(region).__name__)}"

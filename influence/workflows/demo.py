@@ -57,8 +57,7 @@ CUE_CLASS = 3
 CONTRAST = (3, 8)  # f_3 - f_8
 LAYER = "res"  # 16 channels of 8x8: 1024 units; after it g is linear (average pool, then fc)
 FACTOR = 5.0  # flag when the share in the region exceeds 5x its share of the area
-_top, _bottom, _left, _right = cue_box(16)
-REGION = (_top, _left, _bottom - _top, _right - _left)  # (top, left, height, width): the cue corner
+REGION = cue_box(16)  # Rect(top, left, height, width): the cue corner
 KS = (1, 2, 4, 8)
 TOL = 0.01  # every line of the demo: each image's steps chosen to bring its completeness gap within 1 %
 
@@ -297,7 +296,7 @@ def _report(
     ra = audits["cued"]
     rep.paragraph(
         f"For each class, the share of its images' positive attribution (integrated gradients of the class score) inside the "
-        f"corner rectangle {REGION} (top, left, height, width), against the corner's share of the area "
+        f"corner rectangle {tuple(REGION)} (top, left, height, width), against the corner's share of the area "
         f"({ra.rows[0].area_share:.1%}). A class is flagged when its share exceeds {FACTOR:g}× the area share. The audit images "
         "are a fresh draw from the training distribution (the cue is present on class "
         f"{CUE_CLASS}); ± is the standard error across the class's images."

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 from doi._base import check_positive_int
 
+from .regions import Rect
+
 __all__ = ["glyph_images", "glyph", "cue_box", "small_cnn", "train", "trained_cnn", "accuracy"]
 
 _SPLITS = ("train", "test")
@@ -59,12 +61,12 @@ def glyph(label: int, size: int = 16) -> Tensor:
     return mask
 
 
-def cue_box(size: int = 16) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` (half-open) of the spurious cue patch: the top-left
-    square of side ``size // 8 + 1`` pixels (the cue is put only on its background
+def cue_box(size: int = 16) -> Rect:
+    """The spurious cue patch, a :class:`~influence.workflows.regions.Rect` ``(top, left,
+    height, width)``: the top-left square of side ``size // 8 + 1`` pixels (the cue is put only on its background
     pixels; a jittered glyph reaches into it rarely, by one corner pixel)."""
     p = size // 8 + 1
-    return (0, p, 0, p)
+    return Rect(0, 0, p, p)
 
 
 def glyph_images(
@@ -108,9 +110,7 @@ def glyph_images(
     x = _NOISE * torch.rand(n, 3, size, size, generator=g)
     x = torch.where(foreground[:, None], torch.ones(()), x)
     if cue_class is not None and split == "train":
-        top, bottom, left, right = cue_box(size)
-        patch = torch.zeros(size, size, dtype=torch.bool)
-        patch[top:bottom, left:right] = True
+        patch = cue_box(size).mask(size, size)
         where = (y == cue_class)[:, None, None] & patch & ~foreground
         x[:, 0] += float(cue_strength) * _CUE_VALUE * where
     return {"x": x.contiguous(), "y": y, "foreground": foreground}

@@ -11,9 +11,11 @@ import math
 import os
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from .trust import refused
 
 _INT_LIMIT = 2**62
 
@@ -59,9 +61,11 @@ def _did_you_mean(word: Any, options: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class _Ctx:
-    """What validation needs besides the value: the folder relative paths start from."""
+    """What validation needs besides the value: the folder relative paths start from; it
+    collects the import paths the file names, ``(field, 'module:name')``, in file order."""
 
     folder: Path
+    imports: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Check(ABC):
@@ -170,6 +174,15 @@ class ImportPath(Str):
 
     def __init__(self) -> None:
         super().__init__("an import path 'package.module:name'", r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+        """The path, checked against :mod:`~influence.queries.trust` and recorded in ``ctx``."""
+        spec = super().__call__(value, path, ctx)
+        why = refused(spec)
+        if why is not None:
+            raise QueryError(path, why)
+        ctx.imports.append((path, spec))
+        return spec
 
 
 class FilePath(Check):

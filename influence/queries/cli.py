@@ -191,6 +191,11 @@ def _validate(args: argparse.Namespace) -> int:
     qfile = load_query_file(args.query)
     names = ", ".join(q.name for q in qfile.queries)
     print(f"ok: {args.query}: {len(qfile.queries)} quer{'y' if len(qfile.queries) == 1 else 'ies'} ({names})")
+    # a query file is trusted like a script: say what running it imports and calls
+    callables = list(dict.fromkeys(spec for _, spec in qfile.imports))
+    print(f"imports and calls: {', '.join(callables) if callables else '(nothing)'}")
+    if qfile.model.get("torchscript"):
+        print(f"loads TorchScript: {qfile.model['torchscript']}")
     return 0
 
 

@@ -24,13 +24,19 @@ from doi._points import count as points_count
 from doi._points import tensors as points_tensors
 
 from .checks import QueryError, _did_you_mean, _join, _show
+from .trust import check_resolved, refused
 
 # --- loading: the session ------------------------------------------------------------------------
 
 
 def _import(spec: str, path: str, folder: Path) -> Any:
     """``package.module:attr.attr``; a module that is not importable from ``sys.path`` is
-    looked for in the query file's folder too."""
+    looked for in the query file's folder too. Callables of the standard library's process
+    and file modules are refused, by name and by where the resolved object is defined
+    (see :mod:`~influence.queries.trust`)."""
+    why = refused(spec)
+    if why is not None:
+        raise QueryError(path, why)
     module_name, _, attr = spec.partition(":")
     try:
         try:
@@ -55,6 +61,9 @@ def _import(spec: str, path: str, folder: Path) -> Any:
             hint = _did_you_mean(part, names)
             raise QueryError(path, f"{module_name!r} has no attribute {part!r}; {hint}".rstrip("; ").rstrip())
         value = getattr(value, part)
+        why = check_resolved(value, spec)
+        if why is not None:
+            raise QueryError(path, why)
     if not callable(value):
         raise QueryError(path, f"{spec!r} is a {type(value).__name__}, not a callable")
     return value

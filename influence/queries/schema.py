@@ -406,6 +406,9 @@ class QueryFile:
     model: dict[str, Any]
     data: dict[str, Any]
     queries: tuple[QuerySpec, ...]
+    imports: tuple[tuple[str, str], ...] = ()
+    """``(field, 'module:name')`` for every callable the file names, in file order: what
+    :meth:`prepare` and the queries will import and call (``influence validate`` lists them)."""
 
     def prepare(self, device: str | None = None) -> "Session":
         """Import the factories and load the model and data (see :class:`Session`)."""
@@ -529,7 +532,7 @@ def parse_query(document: Any, folder: str | os.PathLike[str] = ".", *, source: 
         spec = QuerySpec(i, name, q["slice"], q["doi"], q["qoi"], q["inputs"], q["output"], options)
         _cross_check(spec, q, data)
         queries.append(spec)
-    return QueryFile(source, ctx.folder, model, data, tuple(queries))
+    return QueryFile(source, ctx.folder, model, data, tuple(queries), tuple(ctx.imports))
 
 
 def _walk_qois(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -15,20 +15,8 @@ The public paths stay short: ``from influence import …``, ``influence.methods`
 stand for the module of the same name in its room).
 """
 
+from . import workflows as _workflows
 from .engine import InfluenceResult, Ranked, input_influence, internal_influence
-from .workflows import (
-    AuditResult, AuditRow, Curves, EssenceResult, EssenceRow, NeuronEntry, NeuronView, Rect, Report, TokenHeatmap,
-    TokenNeuronView, TopNeurons, audit, deletion_insertion, essence_check, explain_neurons, explain_token_neurons,
-    roc_auc, token_audit, token_heatmaps, top_neurons,
-)
+from .workflows import *  # noqa: F403 (the workflows' public names, listed in influence.workflows.__all__)
 
-__all__ = [
-    "internal_influence", "input_influence", "InfluenceResult", "Ranked",
-    "top_neurons", "TopNeurons", "NeuronEntry",
-    "explain_neurons", "NeuronView",
-    "audit", "AuditResult", "AuditRow", "Rect",
-    "essence_check", "EssenceResult", "EssenceRow", "roc_auc",
-    "deletion_insertion", "Curves",
-    "Report",
-    "token_audit", "explain_token_neurons", "TokenNeuronView", "token_heatmaps", "TokenHeatmap",
-]
+__all__ = ["internal_influence", "input_influence", "InfluenceResult", "Ranked", *_workflows.__all__]

@@ -11,8 +11,8 @@ May import: ``influence.engine`` (its package names only), ``slices``, ``doi``, 
 and itself; never ``influence.queries`` (``tests/test_structure.py`` checks this).
 """
 
-from ._labelled import pixel_maps
-from ._rankings import RANKINGS
+from ._labelled import pixel_maps  # for the queries room; not in __all__
+from ._rankings import RANKINGS  # for the queries room; not in __all__
 from .audit import AuditResult, AuditRow, audit
 from .contrast import NeuronEntry, TopNeurons, top_neurons
 from .curves import Curves, deletion_insertion
@@ -30,5 +30,4 @@ __all__ = [
     "deletion_insertion", "Curves",
     "Report",
     "token_audit", "explain_token_neurons", "TokenNeuronView", "token_heatmaps", "TokenHeatmap",
-    "pixel_maps", "RANKINGS",
 ]

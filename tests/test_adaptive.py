@@ -414,9 +414,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(relu: dict[str, Any], tmp_
     """A pooled adaptive query in chunks of 4 anchors, interrupted (Ctrl-C from the QoI)
     once its first chunk is done, saves a checkpoint; the rerun resumes after it and
     equals the uninterrupted run exactly: values, gap, steps, samples, misses."""
-    import influence.engine._engine as engine
+    import influence.engine._chunk as chunks
 
-    monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
+    monkeypatch.setattr(chunks, "_MAX_CHUNK", 4)
     model, x = relu["model"], relu["x"][:12]
     run = lambda n=12, **o: input_influence(model, FunctionQoI(halting), DatasetDoI(x[:n], each=LineDoI(0.0, tol=TOL)), multiply_activation=True, **o)  # noqa: E731
     CALLS.update(left=None, count=0)
@@ -442,9 +442,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(relu: dict[str, Any], tmp_
 def test_an_adaptive_noise_population_resumes_exactly(relu: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same for ``NoiseDoI(tol=...)`` around every member: rounds of fresh samples
     per member, interrupted after the first chunk and resumed, equal to the bit."""
-    import influence.engine._engine as engine
+    import influence.engine._chunk as chunks
 
-    monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
+    monkeypatch.setattr(chunks, "_MAX_CHUNK", 4)
     model, x = relu["model"], relu["x"][:12]
     noise = NoiseDoI(0.3, samples=8, sampler="random", tol=0.2)
     run = lambda n=12, **o: input_influence(model, FunctionQoI(halting), DatasetDoI(x[:n], each=noise), seed=5, **o)  # noqa: E731

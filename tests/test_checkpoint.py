@@ -47,13 +47,13 @@ def build(n):
 
 CHILD = BUILD + """
 import sys, time
-import influence.engine._engine as engine
+import influence.engine._chunk as chunks
 from doi import DatasetDoI, LineDoI
 from influence import input_influence
 from qoi import FunctionQoI
 
 torch.set_num_threads(1)
-engine._MAX_CHUNK = 16
+chunks._MAX_CHUNK = 16
 checkpoint, out, pause, n = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 rows = [0]
 
@@ -79,7 +79,7 @@ def test_a_killed_query_resumes_to_exactly_the_uninterrupted_result(tmp_path: Pa
     """A pooled query (2000 points × 4 steps, checkpoint after every chunk of 16 points)
     is killed with SIGKILL once a checkpoint exists; rerunning it evaluates only the
     remaining ``(N − P)·4`` rows and gives the uninterrupted result, bit for bit."""
-    import influence.engine._engine as engine
+    import influence.engine._chunk as chunks
 
     n = 2000
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -107,7 +107,7 @@ def test_a_killed_query_resumes_to_exactly_the_uninterrupted_result(tmp_path: Pa
     space: dict[str, Any] = {}
     exec(BUILD, space)
     model, x = space["build"](n)
-    monkeypatch.setattr(engine, "_MAX_CHUNK", 16)
+    monkeypatch.setattr(chunks, "_MAX_CHUNK", 16)
     want = input_influence(model, ClassQoI(1), DatasetDoI(x, each=LineDoI(steps=4)), batch_size=16, seed=0)
     assert torch.equal(resumed.values, want.values) and torch.equal(resumed.stderr, want.stderr)
     assert resumed.anchors == n and resumed.samples == 4 * n
@@ -131,9 +131,9 @@ def halting(output: Tensor) -> Tensor:
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of at most 4 points, so that small populations have many."""
-    import influence.engine._engine as engine
+    import influence.engine._chunk as chunks
 
-    monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
+    monkeypatch.setattr(chunks, "_MAX_CHUNK", 4)
     CALLS.update(left=None, rows=0)
 
 

@@ -181,19 +181,19 @@ def _worker(rank: int, folder: str) -> None:
 def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Runs every case in 2 processes once; returns the folder, each rank's outputs and
     the checkpoint left by the interrupted run (before the processes resumed it)."""
-    import influence.engine._engine as engine
+    import influence.engine._chunk as chunks
 
     folder = tmp_path_factory.mktemp("distributed")
     # an interrupted single-process run leaves a partial checkpoint for the "resume" case
-    original = engine._MAX_CHUNK
-    engine._MAX_CHUNK = 6
+    original = chunks._MAX_CHUNK
+    chunks._MAX_CHUNK = 6
     COUNTS["stop_after"] = 9
     try:
         with pytest.raises(KeyboardInterrupt):
             cases(folder)["resume"]()
     finally:
         COUNTS["stop_after"] = None
-        engine._MAX_CHUNK = original
+        chunks._MAX_CHUNK = original
     from influence.engine._checkpoint import Checkpoint
 
     partial = Checkpoint(folder / "resume.ckpt", 0).load()

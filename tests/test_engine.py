@@ -152,9 +152,9 @@ def test_auto_batch_size_halves_silently_until_a_batch_fits(rng: torch.Generator
     """``batch_size="auto"`` starts at the device's default and halves on out-of-memory
     without warnings (simulated: batches above 16 rows do not fit); the result equals a
     run at a fixed batch size."""
-    import influence.engine._engine as engine
+    import influence.engine._options as options
 
-    monkeypatch.setattr(engine, "AUTO_BATCH_CPU", 256)
+    monkeypatch.setattr(options, "AUTO_BATCH_CPU", 256)
     model = nn.Sequential(nn.Linear(5, 7), nn.Softplus(), nn.Linear(7, 3)).double()
     x = torch.randn(6, 5, generator=rng, dtype=F64)
     sizes = []

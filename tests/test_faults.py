@@ -223,9 +223,9 @@ def test_ctrl_c_saves_a_checkpoint_and_leaves_the_model_unchanged(tmp_path: Path
     """KeyboardInterrupt propagates; the model is back in training mode with its
     ``requires_grad`` flags, weights and no hooks; the checkpoint holds the chunks done,
     and the rerun from it equals an uninterrupted run exactly."""
-    import influence.engine._engine as engine
+    import influence.engine._chunk as chunks
 
-    monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
+    monkeypatch.setattr(chunks, "_MAX_CHUNK", 4)
     model = mlp(4, 8, 3).double().train()
     model[2].weight.requires_grad_(False)
     before = _snapshot(model)

@@ -106,9 +106,10 @@ def test_the_next_chunk_is_read_before_the_host_waits(monkeypatch: pytest.Monkey
     """The host reads chunk ``i + 1`` (a DataLoader's batch, say) after queuing chunk
     ``i``'s work and before it waits for the device (the per-chunk non-finite check), so
     that on a GPU the reading overlaps the device's work. The result is unchanged."""
-    import influence.engine._engine as engine
+    import influence.engine._chunk as chunks
+    import influence.engine._integrator as integrator
 
-    monkeypatch.setattr(engine, "_MAX_CHUNK", 4)
+    monkeypatch.setattr(chunks, "_MAX_CHUNK", 4)
     log: list[str] = []
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(12, 6, generator=g), torch.zeros(12, dtype=torch.long)
@@ -119,13 +120,13 @@ def test_the_next_chunk_is_read_before_the_host_waits(monkeypatch: pytest.Monkey
                 log.append(f"read {i}")
                 yield x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4]
 
-    check = engine._Integrator._check_finite
+    check = integrator._Integrator._check_finite
 
     def logged_check(self: Any, *args: Any) -> Any:
         log.append("check")
         return check(self, *args)
 
-    monkeypatch.setattr(engine._Integrator, "_check_finite", logged_check)
+    monkeypatch.setattr(integrator._Integrator, "_check_finite", logged_check)
     model = mlp(in_features=6, hidden=8, classes=3, seed=0)
     got = internal_influence(Slice(model, "2"), ClassQoI(1), DatasetDoI(DataLoader(Logged(), batch_size=None)), batch_size=4, seed=0)
     assert log == ["read 0", "read 1", "check", "read 2", "check", "check"]

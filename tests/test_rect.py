@@ -52,12 +52,19 @@ def _doc(box: Any) -> dict[str, Any]:
     }
 
 
-def _box(document: dict[str, Any], tmp_path: Path) -> list[int]:
+def _box(document: dict[str, Any], tmp_path: Path) -> dict[str, int]:
     return parse_query(document, tmp_path).queries[0].output["regions"]["r"]["box"]
 
 
 def test_yaml_box_is_top_left_height_width(tmp_path: Path) -> None:
-    assert _box(_doc({"top": 1, "left": 2, "height": 3, "width": 4}), tmp_path) == [1, 2, 3, 4]
+    assert _box(_doc({"top": 1, "left": 2, "height": 3, "width": 4}), tmp_path) == {"top": 1, "left": 2, "height": 3, "width": 4}
+
+
+def test_the_query_as_run_reads_back_the_same(tmp_path: Path) -> None:
+    """The echo written next to a result (``QuerySpec.echo``) is itself a valid query with the same box."""
+    spec = parse_query(_doc({"top": 1, "left": 2, "height": 3, "width": 4}), tmp_path).queries[0]
+    again = parse_query({**_doc(None), "queries": [spec.echo()]}, tmp_path).queries[0]
+    assert again.output["regions"] == spec.output["regions"]
 
 
 def test_the_former_list_reads_with_a_warning_that_spells_the_new_form(tmp_path: Path) -> None:

@@ -92,11 +92,11 @@ def test_the_checker_sees_a_wrong_way_import(tmp_path: Path, monkeypatch: pytest
         (root / "influence" / room / "__init__.py").write_text("")
     (root / "influence" / "__init__.py").write_text("")
     (root / "influence" / "engine" / "bad.py").write_text("def f():\n    from ..queries import cli\n")
-    (root / "influence" / "workflows" / "reach.py").write_text("from ..engine._engine import internal_influence\n")
+    (root / "influence" / "workflows" / "reach.py").write_text("from ..engine._integrator import internal_influence\n")
     (root / "influence" / "queries" / "fine.py").write_text("from ..workflows import plots\nfrom ..engine import frozen\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", root)
     assert len(_violations("influence.engine")) == 1
-    assert "_engine" in _violations("influence.workflows")[0]
+    assert "_integrator" in _violations("influence.workflows")[0]
     assert _violations("influence.queries") == []
 
 

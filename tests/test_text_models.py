@@ -28,7 +28,8 @@ import torch.multiprocessing as mp
 import transformers
 from torch import Tensor, nn
 
-import influence.engine._engine as engine
+import influence.engine._chunk as chunks
+import influence.engine._integrator as integrator
 from doi import ClassDoI, DatasetDoI, LineDoI, PointDoI
 from doi._points import count as points_count
 from influence import internal_influence
@@ -310,16 +311,16 @@ def test_chunks_of_a_population_of_sentences(monkeypatch: pytest.MonkeyPatch) ->
         "class": lambda: internal_influence(slc, qoi, ClassDoI(SentenceDataset(enc, LABELS), 1, each=shared), multiply_activation=True, batch_size=4),
     }
     sizes: list[int] = []
-    original = engine._Integrator._chunk
+    original = integrator._Integrator._chunk
 
     def counting(self: Any, x: Any, *args: Any) -> Any:
         sizes.append(points_count(x))
         return original(self, x, *args)
 
-    monkeypatch.setattr(engine._Integrator, "_chunk", counting)
+    monkeypatch.setattr(integrator._Integrator, "_chunk", counting)
     whole = {name: run() for name, run in queries.items()}
     assert sizes == [6, 6, 4]
-    monkeypatch.setattr(engine, "_MAX_CHUNK", 2)
+    monkeypatch.setattr(chunks, "_MAX_CHUNK", 2)
     sizes.clear()
     chunked = {name: run() for name, run in queries.items()}
     assert sizes == [2, 2, 2] * 2 + [2, 2]
@@ -502,7 +503,7 @@ def build(n):
 
 QUERY = """
 import time
-import influence.engine._engine as engine
+import influence.engine._chunk as chunks
 from doi import DatasetDoI, LineDoI
 from influence import internal_influence
 from qoi import FunctionQoI
@@ -527,7 +528,7 @@ def query(n, pause, **options):
 CHILD = BUILD + QUERY + """
 import sys
 torch.set_num_threads(1)
-engine._MAX_CHUNK = 2
+chunks._MAX_CHUNK = 2
 query(int(sys.argv[2]), float(sys.argv[3]), checkpoint=sys.argv[1], checkpoint_every=0)
 """
 
@@ -560,7 +561,7 @@ def test_a_killed_population_of_sentences_resumes_exactly(tmp_path: Path, monkey
 
     space: dict[str, Any] = {}
     exec(BUILD + QUERY, space)
-    monkeypatch.setattr(engine, "_MAX_CHUNK", 2)
+    monkeypatch.setattr(chunks, "_MAX_CHUNK", 2)
     resumed = space["query"](n, 0.0, checkpoint=ckpt)
     assert space["ROWS"][0] == (n - position) * steps  # the first P sentences were not recomputed
     space["ROWS"][0] = 0

@@ -244,7 +244,7 @@ def test_populations_of_sentences_with_masks(padded: dict[str, Tensor], tmp_path
     each = internal_influence(slc, qoi, line, padded, multiply_activation=True)
     torch.testing.assert_close(everything.values, each.values.mean(0), rtol=1e-10, atol=1e-14)
     # interrupted after its first chunk of sentences (Ctrl-C in the QoI), then resumed
-    import influence.engine._engine as engine
+    import influence.engine._chunk as chunks
     from influence.engine._checkpoint import Checkpoint
 
     calls = {"left": 5}  # a chunk of two sentences: 2 batches and the two ends of their lines
@@ -256,8 +256,8 @@ def test_populations_of_sentences_with_masks(padded: dict[str, Tensor], tmp_path
         return out.logits[:, 1]
 
     path = tmp_path / "sentences.ckpt"
-    saved_chunk = engine._MAX_CHUNK
-    engine._MAX_CHUNK = 2
+    saved_chunk = chunks._MAX_CHUNK
+    chunks._MAX_CHUNK = 2
     try:
         with pytest.raises(KeyboardInterrupt):
             internal_influence(slc, FunctionQoI(halting), DatasetDoI(padded, each=line), multiply_activation=True, batch_size=4, checkpoint=path)
@@ -267,7 +267,7 @@ def test_populations_of_sentences_with_masks(padded: dict[str, Tensor], tmp_path
         resumed = internal_influence(slc, FunctionQoI(halting), DatasetDoI(padded, each=line), multiply_activation=True, batch_size=4, checkpoint=path)
         whole = internal_influence(slc, FunctionQoI(halting), DatasetDoI(padded, each=line), multiply_activation=True, batch_size=4)
     finally:
-        engine._MAX_CHUNK = saved_chunk
+        chunks._MAX_CHUNK = saved_chunk
     torch.testing.assert_close(resumed.values, whole.values, rtol=1e-12, atol=1e-15)
 
 

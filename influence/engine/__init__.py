@@ -11,10 +11,12 @@ the engine through the names below, not through its private modules.
 """
 
 from . import _distributed as distributed
-from ._engine import count_missed, input_influence, internal_influence, no_grad_batched, tol_counted, tol_noted
 from ._files import atomic_write
 from ._frozen import frozen
+from ._influence import input_influence, internal_influence
+from ._inputs import no_grad_batched
 from ._recording import LayerRecorder
+from ._tol_warnings import count_missed, tol_counted, tol_noted
 from .result import InfluenceResult, Ranked
 
 __all__ = [

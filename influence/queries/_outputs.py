@@ -156,7 +156,7 @@ class Extras:
         region_spec = spec["region"]
         region: Any
         if region_spec["box"] is not None:
-            rect = Rect(*region_spec["box"])
+            rect = Rect(**region_spec["box"])
             h, w = x.shape[-2:]
             if not rect.fits(h, w):
                 raise QueryError(_join(where, "region.box"), f"{rect} does not fit images of {h}x{w} pixels")

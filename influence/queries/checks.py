@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .trust import refused
+from .trust import REFUSED_MODULES, refused
 
 _INT_LIMIT = 2**62
+_NUMBER = r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*"  # a number written as text, e.g. 1e-3
 
 
 class QueryError(ValueError):
@@ -78,6 +79,12 @@ class Check(ABC):
     def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
         """The value, normalised, or a :class:`QueryError` naming ``path``."""
 
+    @abstractmethod
+    def json_schema(self) -> dict[str, Any]:
+        """The accepted values as a JSON Schema fragment (``influence schema``). It may be
+        looser than the check (a file that exists, a device torch knows), never stricter:
+        the schema must not refuse a file that validates."""
+
     def fail(self, path: str, value: Any, extra: str = "") -> QueryError:
         return QueryError(path, f"must be {self.what} (got {_show(value)}){extra}")
 
@@ -93,6 +100,9 @@ class Int(Check):
         if (self.minimum is not None and value < self.minimum) or abs(value) >= _INT_LIMIT:
             raise self.fail(path, value)
         return value
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "integer", "minimum": -(_INT_LIMIT - 1) if self.minimum is None else self.minimum, "maximum": _INT_LIMIT - 1}
 
 
 class Float(Check):
@@ -111,13 +121,26 @@ class Float(Check):
                 number = float(value)
             except OverflowError:
                 number = None
-        elif isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", value):
+        elif isinstance(value, str) and re.fullmatch(_NUMBER, value):
             number = float(value)
         if number is None or not math.isfinite(number):
             raise self.fail(path, value)
         if (self.positive and number <= 0) or (self.minimum is not None and number < self.minimum) or (self.below is not None and number >= self.below):
             raise self.fail(path, value)
         return number
+
+    def json_schema(self) -> dict[str, Any]:
+        """A number in range, or a number written as text (its range unchecked, but for
+        the sign of a positive one)."""
+        number: dict[str, Any] = {"type": "number"}
+        if self.positive:
+            number["exclusiveMinimum"] = 0
+        if self.minimum is not None:
+            number["minimum"] = self.minimum
+        if self.below is not None:
+            number["exclusiveMaximum"] = self.below
+        text = {"type": "string", "pattern": ("^(?!\\s*-)" if self.positive else "^") + f"(?:{_NUMBER})$"}
+        return {"anyOf": [number, text]}
 
 
 class Bool(Check):
@@ -128,6 +151,9 @@ class Bool(Check):
             raise self.fail(path, value)
         return value
 
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
 
 class Str(Check):
     def __init__(self, what: str = "a string", pattern: str | None = None) -> None:
@@ -137,6 +163,12 @@ class Str(Check):
         if not isinstance(value, str) or not value or (self.pattern and not re.fullmatch(self.pattern, value)):
             raise self.fail(path, value)
         return value
+
+    def json_schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "string", "minLength": 1}
+        if self.pattern:
+            out["pattern"] = f"^(?:{self.pattern})$"
+        return out
 
 
 class Choice(Check):
@@ -149,6 +181,9 @@ class Choice(Check):
             hint = _did_you_mean(value, self.options)
             raise QueryError(path, f"must be {self.what} (got {_show(value)})" + (f"; {hint.strip()}" if hint else ""))
         return value
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"enum": list(self.options)}
 
 
 class Maybe(Check):
@@ -168,6 +203,12 @@ class Maybe(Check):
                 raise QueryError(path, e.message.replace(f"must be {self.inner.what}", f"must be {self.what}", 1)) from None
             raise
 
+    def json_schema(self) -> dict[str, Any]:
+        inner = self.inner.json_schema()
+        if list(inner) == ["enum"]:
+            return {"enum": [None, *inner["enum"]]}
+        return {"anyOf": [{"type": "null"}, inner]}
+
 
 class ImportPath(Str):
     """``package.module:name`` (the module is imported only when the query runs)."""
@@ -183,6 +224,11 @@ class ImportPath(Str):
             raise QueryError(path, why)
         ctx.imports.append((path, spec))
         return spec
+
+    def json_schema(self) -> dict[str, Any]:
+        out = super().json_schema()
+        out["not"] = {"pattern": f"^(?:{'|'.join(sorted(REFUSED_MODULES))})[.:]"}  # as trust.refused
+        return out
 
 
 class FilePath(Check):
@@ -213,6 +259,15 @@ class FilePath(Check):
             raise QueryError(path, f"file {str(target)!r} is not readable (check its permissions)")
         return target
 
+    def json_schema(self) -> dict[str, Any]:
+        """A path (whether the file exists is for validation), ending in one of the
+        suffixes, in any case (``a.NPZ``; ``a.npz/`` is the same path)."""
+        out: dict[str, Any] = {"type": "string", "minLength": 1}
+        if self.suffixes:
+            ends = ("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in s) for s in self.suffixes)
+            out["pattern"] = f"(?:{'|'.join(ends)})[/\\\\.]*$"
+        return out
+
 
 class AnyMapping(Check):
     """A mapping with string keys, its values passed on as they are (factory kwargs)."""
@@ -227,15 +282,48 @@ class AnyMapping(Check):
                 raise QueryError(_join(path, str(key)), f"keyword names must be identifiers (got {_show(key)})")
         return dict(value)
 
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "object", "propertyNames": copy.deepcopy(IDENTIFIER_KEYS)}
+
+
+IDENTIFIER_KEYS: dict[str, Any] = {"not": {"pattern": "^$|^[0-9]|[\\s!-/:-@\\[-^`{-~]"}}
+"""Keys that are identifiers, as JSON Schema: no ASCII punctuation but ``_``, no space, no
+leading digit (looser than ``str.isidentifier``, whose letters no pattern states portably)."""
+
 
 class Custom(Check):
-    """A check written as a function ``(value, path, ctx) -> normalised value``."""
+    """A check written as a function ``(value, path, ctx) -> normalised value``, with the
+    JSON Schema fragment of what it accepts (or a function returning it, for fragments
+    built from other schemas)."""
 
-    def __init__(self, what: str, fn: Callable[[Any, str, _Ctx], Any]) -> None:
-        self.what, self.fn = what, fn
+    def __init__(self, what: str, fn: Callable[[Any, str, _Ctx], Any], *, schema: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
+        self.what, self.fn, self.schema = what, fn, schema
 
     def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
         return self.fn(value, path, ctx)
+
+    def json_schema(self) -> dict[str, Any]:
+        return copy.deepcopy(self.schema() if callable(self.schema) else self.schema)
+
+
+def json_ref(name: str) -> dict[str, Any]:
+    """A reference to ``$defs/name`` of the query file's schema (``doi``, ``qoi``, ...)."""
+    return {"$ref": f"#/$defs/{name}"}
+
+
+def json_list(item: dict[str, Any]) -> dict[str, Any]:
+    """A non-empty list of ``item``, as JSON Schema."""
+    return {"type": "array", "minItems": 1, "items": item}
+
+
+def json_one_or_list(item: dict[str, Any]) -> dict[str, Any]:
+    """``item``, or a non-empty list of them, as JSON Schema."""
+    return {"anyOf": [item, json_list(item)]}
+
+
+def json_given(*keys: str) -> dict[str, Any]:
+    """The JSON Schema rule "each of ``keys`` is given and not null" (for ``if``, ``not``)."""
+    return {"required": list(keys), "properties": {k: {"not": {"type": "null"}} for k in keys}}
 
 
 # --- schemas: named keys with checks and defaults -------------------------------------
@@ -262,9 +350,12 @@ class Key:
 
 @dataclass(frozen=True)
 class Schema:
-    """The keys a mapping may have."""
+    """The keys a mapping may have; ``rules``: the checks across its keys that JSON Schema
+    can state (e.g. "exactly one of factory, torchscript"), as fragments for ``allOf``
+    (the code that validates the mapping makes the same checks)."""
 
     keys: tuple[Key, ...]
+    rules: tuple[dict[str, Any], ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -293,6 +384,35 @@ class Schema:
                 out[key.name] = copy.deepcopy(key.default)
         return out
 
+    def json_schema(self) -> dict[str, Any]:
+        """The mapping as JSON Schema: per key its check's fragment, its doc as
+        ``description`` and its default (where its check accepts it); no other keys."""
+        properties = {}
+        for key in self.keys:
+            fragment = key.check.json_schema()
+            if key.doc:
+                fragment["description"] = key.doc
+            if key.default is not REQUIRED and _accepts(key.check, key.default):
+                fragment["default"] = copy.deepcopy(key.default)
+            properties[key.name] = fragment
+        out: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+        required = [k.name for k in self.keys if k.default is REQUIRED]
+        if required:
+            out["required"] = required
+        if self.rules:
+            out["allOf"] = copy.deepcopy(list(self.rules))
+        return out
+
+
+def _accepts(check: Check, value: Any) -> bool:
+    """Whether ``check`` accepts ``value`` (a query's engine options default to null, which
+    means "from defaults", not a value to write)."""
+    try:
+        check(copy.deepcopy(value), "", _Ctx(Path(".")))
+    except QueryError:
+        return False
+    return True
+
 
 def _mapping_check(schema: Schema, what: str) -> Check:
-    return Custom(what, lambda value, path, ctx: schema.parse(value, path, ctx))
+    return Custom(what, lambda value, path, ctx: schema.parse(value, path, ctx), schema=schema.json_schema)

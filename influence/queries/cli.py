@@ -45,6 +45,8 @@ examples:
   influence layers examples/top_neurons.yaml           the layers of a query file's model
   influence layers torchvision.models:resnet18 --input-shape 3,224,224
   influence layers model.pt --input-shape 3,32,32      a TorchScript file
+  influence schema --out query.schema.json             the JSON Schema of query files, for
+                                                       editors (README: Editor support)
   influence demo                                       the built-in example, end to end:
                                                        trains two small CNNs, writes
                                                        influence-demo/report.html
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="print the Python traceback of a failure")
-    sub = parser.add_subparsers(dest="command", metavar="{run,validate,layers,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,validate,layers,demo,schema}")
 
     run = sub.add_parser(
         "run",
@@ -135,6 +137,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer images (sentences) and quadrature steps (same models and checks)")
     demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     demo.set_defaults(handler=_demo)
+
+    schema = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of query files (for editors)",
+        description="Print the JSON Schema (draft 2020-12) of query files, generated from the declarations that\n"
+        "`influence validate` checks a file with. Editors that read it (e.g. through yaml-language-server)\n"
+        "complete keys and kinds and mark mistakes as you type; `influence validate` also makes the checks\n"
+        "across fields that the schema cannot state. A YAML file points at it with its first line:\n"
+        "  # yaml-language-server: $schema=query.schema.json",
+        epilog="examples:\n  influence schema --out query.schema.json\n  influence schema | less\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    schema.add_argument("--out", metavar="FILE", help="write the schema to FILE instead of printing it")
+    schema.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    schema.set_defaults(handler=_schema)
     return parser
 
 
@@ -149,6 +166,25 @@ def _demo(args: argparse.Namespace) -> int:
     from ..workflows.demo import run_demo
 
     run_demo(args.out or "influence-demo", seed=args.seed, quick=args.quick)
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of query files (JSON, indent 2, sorted keys), or write it to
+    ``--out``."""
+    from .json_schema import schema_text
+
+    text = schema_text()
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    if out.is_dir():
+        raise QueryError("--out", f"{str(out)!r} is a folder; give a file name, e.g. {str(out / 'query.schema.json')!r}")
+    if not out.parent.is_dir():
+        raise QueryError("--out", f"folder not found: {str(out.parent)!r}")
+    atomic_write(out, text.encode("utf-8"))
+    print(f"wrote the JSON Schema of query files to {out}")
     return 0
 
 

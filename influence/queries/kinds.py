@@ -19,6 +19,7 @@ from slices import Cut
 
 from .checks import (
     _INT_LIMIT, REQUIRED, Bool, Choice, Custom, FilePath, Float, ImportPath, Int, Key, Maybe, QueryError, Schema, Str, _Ctx, _did_you_mean, _join, _show,
+    json_given, json_list, json_one_or_list, json_ref,
 )  # fmt: skip
 
 # --- baselines, selectors and slices ------------------------------------------------------
@@ -29,6 +30,36 @@ _BASELINE_FORMS = (
     "or, in space: slice, {activation_of: <one of the others>} or {token: ID, keep: [IDS]}"
 )
 _BASELINE_EXTRAS = {"key": "file", "keep": "token"}  # the optional second key of a form
+_BASELINE_CHECKS = {
+    "mean": Str("'data' or the name of an array of the data section"),
+    "array": Str("the name of an array of the data section"),
+    "file": FilePath((".pt", ".pth", ".npz", ".npy")),
+    "callable": ImportPath(),
+}
+_FILE_KEY = Maybe(Str("an array name"))
+
+
+def _baseline_json(inner: bool = False) -> dict[str, Any]:
+    """The forms of :func:`_parse_baseline` as JSON Schema."""
+
+    def form(name: str, fragment: dict[str, Any], **extra: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "properties": {name: fragment, **extra}, "required": [name], "additionalProperties": False}
+
+    forms = [Float().json_schema(), *(form(k, c.json_schema()) for k, c in _BASELINE_CHECKS.items() if k != "file")]
+    forms.append(form("file", _BASELINE_CHECKS["file"].json_schema(), key=_FILE_KEY.json_schema()))
+    if not inner:
+        forms.append(form("activation_of", _baseline_json(inner=True)))
+        forms.append(form("token", Int(0).json_schema(), keep={"type": "array", "items": Int(0).json_schema()}))
+    return {"anyOf": forms}
+
+
+_BASELINE_SPACE_RULE = {
+    "if": {"required": ["space"], "properties": {"space": {"const": "slice"}}},
+    "then": {"properties": {"baseline": {"not": {"type": "object", "required": ["mean"]}}}},
+    "else": {"properties": {"baseline": {"not": {"type": "object", "anyOf": [{"required": ["token"]}, {"required": ["activation_of"]}]}}}},
+}
+""":func:`_check_baseline_space` as JSON Schema: ``{token}`` and ``{activation_of}`` only in
+slice space, ``{mean}`` only in input space."""
 
 
 def _parse_baseline(value: Any, path: str, ctx: _Ctx, *, inner: bool = False) -> Any:
@@ -59,17 +90,13 @@ def _parse_baseline(value: Any, path: str, ctx: _Ctx, *, inner: bool = False) ->
             form = "{file: PATH, key: NAME}" if owner == "file" else "{token: ID, keep: [IDS]}"
             raise QueryError(_join(path, extra_key), f"applies to {form} only")
     where = _join(path, kind)
-    if kind == "mean":
-        return {"mean": Str("'data' or the name of an array of the data section")(value["mean"], where, ctx)}
-    if kind == "array":
-        return {"array": Str("the name of an array of the data section")(value["array"], where, ctx)}
+    if kind in ("mean", "array", "callable"):
+        return {kind: _BASELINE_CHECKS[kind](value[kind], where, ctx)}
     if kind == "file":
-        key = Maybe(Str("an array name"))(value.get("key"), _join(path, "key"), ctx)
-        return {"file": FilePath((".pt", ".pth", ".npz", ".npy"))(value["file"], where, ctx), "key": key}
-    if kind == "callable":
-        return {"callable": ImportPath()(value["callable"], where, ctx)}
+        key = _FILE_KEY(value.get("key"), _join(path, "key"), ctx)
+        return {"file": _BASELINE_CHECKS["file"](value["file"], where, ctx), "key": key}
     if kind == "token":
-        token = Custom("a token id, an int >= 0", lambda v, p, c: _token_id(v, p))(value["token"], where, ctx)
+        token = _TOKEN_ID(value["token"], where, ctx)
         keep = value.get("keep", [])
         if keep != []:
             if not isinstance(keep, list):
@@ -85,6 +112,9 @@ def _token_id(value: Any, path: str) -> int:
     return value
 
 
+_TOKEN_ID = Custom("a token id, an int >= 0", lambda v, p, c: _token_id(v, p), schema=Int(0).json_schema)
+
+
 def _parse_selector(value: Any, path: str, ctx: _Ctx) -> Any:
     """Which tensor of a tuple/dict output a QoI reads: an int, a key, or a callable."""
     if value is None or isinstance(value, str):
@@ -96,15 +126,27 @@ def _parse_selector(value: Any, path: str, ctx: _Ctx) -> Any:
     raise QueryError(path, f"must be null, an int index, a str key or {{callable: 'module:function'}} (got {_show(value)})")
 
 
-_SELECTOR = Custom("null, an int index, a key, or {callable: 'module:function'}", _parse_selector)
+_SELECTOR = Custom(
+    "null, an int index, a key, or {callable: 'module:function'}", _parse_selector,
+    schema=lambda: {"anyOf": [
+        {"type": ["null", "string"]}, Int(0).json_schema(),
+        {"type": "object", "properties": {"callable": ImportPath().json_schema()}, "required": ["callable"], "additionalProperties": False},
+    ]},
+)  # fmt: skip
 
 SLICE_SCHEMA = Schema(
     (
         Key("layer", Maybe(Str("a dotted module name")), REQUIRED, "the module to cut at, a name from `influence layers` (null: the input)"),
         Key("at", Choice(("output", "input")), "output", "cut at the layer's output, or just before it"),
         Key("realisation", Choice(("auto", "sequential", "graph", "hook")), "auto", "how h and g are built"),
-    )
+    ),
+    rules=({"if": {"required": ["layer"], "properties": {"layer": {"type": "null"}}}, "then": {"properties": {"at": {"const": "output"}}}},),
 )
+
+
+def slice_json_schema() -> dict[str, Any]:
+    """What :func:`_parse_slice` accepts, as JSON Schema: null, a layer name, a mapping."""
+    return {"anyOf": [{"type": "null"}, Str().json_schema(), SLICE_SCHEMA.json_schema()]}
 
 
 def _parse_slice(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
@@ -162,6 +204,16 @@ class Kind:
     pointwise: bool = True  # DoIs: explains given points (else: a population)
     adaptive: "Adaptive | None" = None  # DoIs whose work per point ``tol`` may choose
 
+    def json_schema(self) -> dict[str, Any]:
+        """The kind's mapping as JSON Schema: ``kind`` and the kind's keys, with the rule of
+        ``tol``; the library's checks of the arguments together are left to validation."""
+        out = self.schema.json_schema()
+        out["properties"] = {"kind": {"const": self.name, "description": self.doc}, **out["properties"]}
+        out["required"] = ["kind", *out.get("required", [])]
+        if self.adaptive is not None:
+            out["allOf"] = [*out.get("allOf", []), self.adaptive.json_schema()]
+        return out
+
 
 @dataclass(frozen=True)
 class Adaptive:
@@ -178,6 +230,14 @@ class Adaptive:
     def keys(self) -> tuple[Key, Key]:
         """The schema keys: ``tol`` and the cap."""
         return (_TOL, self.cap)
+
+    def json_schema(self) -> dict[str, Any]:
+        """The rule of :meth:`settle` as JSON Schema: with ``tol``, none of the keys it
+        replaces; without it, no cap."""
+        rule: dict[str, Any] = {"if": json_given("tol"), "else": {"properties": {self.cap.name: {"type": "null"}}}}
+        if self.replaces:
+            rule["then"] = {"not": {"anyOf": [{"required": [k]} for k in self.replaces]}}
+        return rule
 
     def args(self, p: dict[str, Any]) -> dict[str, Any]:
         """The library's keyword arguments for ``tol`` (none without it)."""
@@ -219,7 +279,7 @@ def _parse_each(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
 
 
 _SPACE = Key("space", Choice(("input", "slice")), "input", "where the path/noise lives: the inputs, or the activations at the cut")
-_EACH = Key("each", Custom("a pointwise DoI", _parse_each), {"kind": "point"}, "the pointwise DoI around every member")
+_EACH = Key("each", Custom("a pointwise DoI", _parse_each, schema=json_ref("pointwise_doi")), {"kind": "point"}, "the pointwise DoI around every member")
 
 DOI_KINDS: dict[str, Kind] = {
     "point": Kind("point", Schema(()), "the point itself (saliency; gradient × input with multiply_activation)", lambda p, path, b: PointDoI()),
@@ -227,12 +287,13 @@ DOI_KINDS: dict[str, Kind] = {
         "line",
         Schema(
             (
-                Key("baseline", Custom(_BASELINE_FORMS, _parse_baseline), 0.0, "the start of the path"),
+                Key("baseline", Custom(_BASELINE_FORMS, _parse_baseline, schema=_baseline_json), 0.0, "the start of the path"),
                 Key("steps", Int(1), 32, "quadrature nodes"),
                 Key("rule", Choice(("gauss-legendre", "riemann-left", "riemann-right", "midpoint", "trapezoid")), "gauss-legendre", "quadrature rule"),
                 *_LINE_ADAPTIVE.keys,
                 _SPACE,
-            )
+            ),
+            rules=(_BASELINE_SPACE_RULE,),
         ),
         "the segment from a baseline to the point (integrated gradients with multiply_activation)",
         _line,
@@ -300,7 +361,7 @@ _OUTPUT = Key("output", _SELECTOR, None, "which tensor of a tuple/dict model out
 _TERM_SCHEMA = Schema(
     (
         Key("weight", Float(), 1.0, "the coefficient"),
-        Key("qoi", Custom("a QoI", lambda v, path, ctx: parse_qoi(v, path, ctx)), REQUIRED, "a QoI (any kind)"),
+        Key("qoi", Custom("a QoI", lambda v, path, ctx: parse_qoi(v, path, ctx), schema=json_ref("qoi")), REQUIRED, "a QoI (any kind)"),
     )
 )
 
@@ -329,7 +390,10 @@ QOI_KINDS: dict[str, Kind] = {
         Schema(
             (
                 Key("layer", Str("a dotted module name"), REQUIRED, "the module whose output holds the neuron"),
-                Key("index", Custom("an int (channel) or a list of ints (unit)", _parse_index), REQUIRED, "a channel (int) or one unit (list)"),
+                Key(
+                    "index", Custom("an int (channel) or a list of ints (unit)", _parse_index, schema=lambda: json_one_or_list(Int(0).json_schema())),
+                    REQUIRED, "a channel (int) or one unit (list)",
+                ),
             )
         ),
         "one internal neuron or channel (after the cut)",
@@ -343,7 +407,7 @@ QOI_KINDS: dict[str, Kind] = {
     ),
     "linear": Kind(
         "linear",
-        Schema((Key("terms", Custom("a list of {weight, qoi}", _parse_terms), REQUIRED, "Σ weight · qoi"),)),
+        Schema((Key("terms", Custom("a list of {weight, qoi}", _parse_terms, schema=lambda: json_list(_TERM_SCHEMA.json_schema())), REQUIRED, "Σ weight · qoi"),)),
         "a linear combination Σ weight·qoi of other QoIs",
         _linear,
     ),
@@ -357,7 +421,7 @@ QOI_KINDS: dict[str, Kind] = {
         "next_token",
         Schema(
             (
-                Key("token", Custom("a token id, an int >= 0", lambda v, p, c: _token_id(v, p)), REQUIRED, "the token id whose prediction is explained"),
+                Key("token", _TOKEN_ID, REQUIRED, "the token id whose prediction is explained"),
                 Key("position", Int(), -1, "the position whose logits predict it (-1: the next token after the input)"),
                 Key("log_prob", Bool(), False, "its log-probability instead of its logit"),
                 _OUTPUT,
@@ -370,7 +434,14 @@ QOI_KINDS: dict[str, Kind] = {
         "continuation",
         Schema(
             (
-                Key("target", Custom("a list of token ids or an array name", lambda v, p, c: _parse_target(v, p, c)), REQUIRED, "the continuation every input ends with: token ids, or the name of a 1-D array of the data"),
+                Key(
+                    "target",
+                    Custom(
+                        "a list of token ids or an array name", lambda v, p, c: _parse_target(v, p, c),
+                        schema=lambda: {"anyOf": [Str().json_schema(), json_list(Int(0).json_schema())]},
+                    ),
+                    REQUIRED, "the continuation every input ends with: token ids, or the name of a 1-D array of the data",
+                ),
                 Key("per_token", Bool(), False, "one QoI per token of the continuation (a list of results), instead of their sum"),
                 _OUTPUT,
             )

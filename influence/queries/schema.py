@@ -17,10 +17,11 @@ import yaml
 
 from ..workflows import RANKINGS
 from .checks import (
-    _INT_LIMIT, REQUIRED, AnyMapping, Bool, Choice, Custom, FilePath, Float, ImportPath, Int, Key, Maybe, QueryError, Schema, Str, _Ctx, _did_you_mean, _join, _mapping_check, _show,
+    _INT_LIMIT, IDENTIFIER_KEYS, REQUIRED, AnyMapping, Bool, Choice, Custom, FilePath, Float, ImportPath, Int, Key, Maybe, QueryError, Schema, Str, _Ctx,
+    _did_you_mean, _join, _mapping_check, _show, json_given, json_list, json_one_or_list, json_ref,
 )  # fmt: skip
 
-from .kinds import DOI_KINDS, SLICE_SCHEMA, _parse_qois, _parse_slice, _token_id, parse_doi
+from .kinds import DOI_KINDS, SLICE_SCHEMA, _parse_qois, _parse_slice, _token_id, parse_doi, slice_json_schema
 
 # --- sections ---------------------------------------------------------------------------------
 
@@ -42,11 +43,14 @@ def _parse_device(value: Any, path: str, ctx: _Ctx) -> str:
 
 
 OPTION_KEYS = (
-    Key("batch_size", Custom("an int >= 1 or 'auto'", lambda v, p, c: _parse_batch_size(v, p, c)), 64, "sample rows per forward/backward pass; 'auto': 64 on CPU, the largest that fits on CUDA"),
+    Key(
+        "batch_size", Custom("an int >= 1 or 'auto'", lambda v, p, c: _parse_batch_size(v, p, c), schema=lambda: {"anyOf": [Int(1).json_schema(), {"const": "auto"}]}), 64,
+        "sample rows per forward/backward pass; 'auto': 64 on CPU, the largest that fits on CUDA",
+    ),
     Key("seed", Maybe(Int(0)), 0, "seed of the random draws (null: a fresh one, recorded in the result)"),
     Key("multiply_activation", Bool(), False, "multiply by h(x) − h(baseline): integrated gradients, gradient × input"),
     Key("dtype", Maybe(Choice(DTYPES)), None, "compute precision (null: the model's)"),
-    Key("device", Maybe(Custom("a device name", _parse_device)), None, "where to compute (null: the model's); --device overrides"),
+    Key("device", Maybe(Custom("a device name", _parse_device, schema=Str().json_schema())), None, "where to compute (null: the model's); --device overrides"),
     Key("channels_last", Maybe(Bool()), None, "4-D batches in channels-last layout (null: on CPU for conv models, with fallback)"),
     Key("affine_prefix", Bool(), True, "lines: run the affine layers after the line's space once per point, not per sample (exact)"),
     Key("nonfinite", Choice(("raise", "skip")), "raise", "NaN/inf QoI values or gradients: raise naming the point, or skip the point"),
@@ -89,7 +93,11 @@ MODEL_SCHEMA = Schema(
         Key("kwargs", AnyMapping(), {}, "keyword arguments of the factory"),
         Key("weights", Maybe(FilePath()), None, "a state_dict file, loaded with weights_only=True"),
         Key("torchscript", Maybe(FilePath()), None, "a TorchScript file (instead of factory)"),
-    )
+    ),
+    rules=(
+        {"oneOf": [json_given("factory"), json_given("torchscript")]},
+        {"if": json_given("torchscript"), "then": {"properties": {"weights": {"type": "null"}, "kwargs": {"maxProperties": 0}}}},
+    ),
 )
 
 DATA_SCHEMA = Schema(
@@ -98,16 +106,39 @@ DATA_SCHEMA = Schema(
         Key("factory", Maybe(ImportPath()), None, "'package.module:callable' returning a dict of named arrays (instead of path)"),
         Key("kwargs", AnyMapping(), {}, "keyword arguments of the factory"),
         Key(
-            "inputs", Custom("an array name, a list of them, or a mapping of argument names to them", lambda v, p, c: _parse_input_names(v, p, c)), "x",
+            "inputs",
+            Custom(
+                "an array name, a list of them, or a mapping of argument names to them", lambda v, p, c: _parse_input_names(v, p, c),
+                schema=lambda: {"anyOf": [
+                    Str().json_schema(), json_list(Str().json_schema()),
+                    {"type": "object", "minProperties": 1, "propertyNames": IDENTIFIER_KEYS, "additionalProperties": Str().json_schema()},
+                ]},
+            ),
+            "x",
             "the array of inputs (N, ...); a list [A, B] calls model(A, B), a mapping {input_ids: A, attention_mask: B} calls model(input_ids=A, attention_mask=B) (integer arrays stay integers: token ids, masks)",
         ),
         Key("labels", Maybe(Str("an array name")), "y", "the array of int labels (N,); null: none"),
-        Key("classes", Maybe(Custom("a list of ints", lambda v, p, c: _int_list(v, p, c, minimum=0))), None, "keep only points with these labels"),
+        Key("classes", Maybe(Custom("a list of ints", lambda v, p, c: _int_list(v, p, c, minimum=0), schema=lambda: _int_list_json(0))), None, "keep only points with these labels"),
         Key(
-            "tokens", Maybe(Custom("an array name or {vocab: FILE}", lambda v, p, c: _parse_tokens(v, p, c))), None,
+            "tokens",
+            Maybe(
+                Custom(
+                    "an array name or {vocab: FILE}", lambda v, p, c: _parse_tokens(v, p, c),
+                    schema=lambda: {"anyOf": [
+                        Str().json_schema(),
+                        {"type": "object", "properties": {"vocab": FilePath().json_schema()}, "required": ["vocab"], "additionalProperties": False},
+                    ]},
+                )
+            ),
+            None,
             "token strings to show: an array of the data (a list of N rows of L strings), or {vocab: FILE} (one token per line, id = line number; or a .json mapping of tokens to ids); null: the ids",
         ),
-    )
+    ),
+    rules=(
+        {"oneOf": [json_given("path"), json_given("factory")]},
+        {"if": json_given("path"), "then": {"properties": {"kwargs": {"maxProperties": 0}}}},
+        {"if": json_given("classes"), "then": {"properties": {"labels": {"type": "string"}}}},
+    ),
 )
 
 
@@ -155,12 +186,17 @@ def _int_list(value: Any, path: str, ctx: _Ctx, minimum: int = 0) -> list[int]:
     return [Int(minimum)(v, _join(path, i), ctx) for i, v in enumerate(value)]
 
 
+def _int_list_json(minimum: int) -> dict[str, Any]:
+    return json_list(Int(minimum).json_schema())
+
+
 INPUTS_SCHEMA = Schema(
     (
         Key("label", Maybe(Int(0)), None, "explain the points of this class"),
-        Key("indices", Maybe(Custom("a list of ints", _int_list)), None, "explain these rows of the data (instead of label)"),
+        Key("indices", Maybe(Custom("a list of ints", _int_list, schema=lambda: _int_list_json(0))), None, "explain these rows of the data (instead of label)"),
         Key("limit", Maybe(Int(1)), None, "at most this many points (the first ones)"),
-    )
+    ),
+    rules=({"not": json_given("label", "indices")},),
 )
 
 def _parse_anchor(value: Any, path: str, ctx: _Ctx) -> Any:
@@ -173,13 +209,19 @@ TOP_SCHEMA = Schema(
         Key("by", Choice(("unit", "channel")), "unit", "rank single units, or channels"),
         Key("agg", Choice(("sum", "max")), "sum", "how a channel aggregates its units"),
         Key("absolute", Bool(), False, "rank by |influence|"),
-        Key("anchor", Custom("'mean' or an int >= 0", _parse_anchor), "mean", "pointwise DoIs: which point's explanation ranks ('mean': their mean)"),
+        Key(
+            "anchor", Custom("'mean' or an int >= 0", _parse_anchor, schema=lambda: {"anyOf": [{"const": "mean"}, Int(0).json_schema()]}), "mean",
+            "pointwise DoIs: which point's explanation ranks ('mean': their mean)",
+        ),
     )
 )
 
 REGION_SCHEMA = Schema(
     (
-        Key("box", Maybe(Custom("{top, left, height, width}", lambda v, p, c: _box(v, p, c))), None, "a rectangle of pixels on the last two unit dims: {top, left, height, width}"),
+        Key(
+            "box", Maybe(Custom("{top, left, height, width}", lambda v, p, c: _box(v, p, c), schema=lambda: _box_json())), None,
+            "a rectangle of pixels on the last two unit dims: {top, left, height, width}",
+        ),
         Key("mask", Maybe(Str("an array name")), None, "a bool array of the data section: (H, W), unit-shaped, or one per point"),
         Key("invert", Bool(), False, "use the complement"),
     )
@@ -196,9 +238,9 @@ BOX_SCHEMA = Schema(
 )
 
 
-def _box(value: Any, path: str, ctx: _Ctx) -> list[int]:
-    """``{top, left, height, width}``, the library's one rectangle convention, as the list
-    ``[top, left, height, width]``. The former list ``[top, bottom, left, right]`` is read
+def _box(value: Any, path: str, ctx: _Ctx) -> dict[str, int]:
+    """``{top, left, height, width}``, the library's one rectangle convention (the
+    mapping, so that the query as run reads back the same). The former list ``[top, bottom, left, right]`` is read
     with a warning that gives the new spelling."""
     if isinstance(value, list) and len(value) == 4:
         top, bottom, left, right = (Int(0)(v, _join(path, i), ctx) for i, v in enumerate(value))
@@ -206,11 +248,11 @@ def _box(value: Any, path: str, ctx: _Ctx) -> list[int]:
             raise QueryError(path, f"must have top < bottom and left < right (half-open pixel ranges) (got {value})")
         new = f"{{top: {top}, left: {left}, height: {bottom - top}, width: {right - left}}}"
         warnings.warn(f"{path}: the list [top, bottom, left, right] is deprecated; write {new} (the library's one rectangle convention)", FutureWarning, stacklevel=2)
-        return [top, left, bottom - top, right - left]
+        return {"top": top, "left": left, "height": bottom - top, "width": right - left}
     if not isinstance(value, dict):
         raise QueryError(path, f"must be {{top, left, height, width}} in pixels, e.g. {{top: 0, left: 0, height: 3, width: 3}} (got {_show(value)})")
     box = BOX_SCHEMA.parse(value, path, ctx, what="a rectangle")
-    return [box["top"], box["left"], box["height"], box["width"]]
+    return {key: box[key] for key in ("top", "left", "height", "width")}
 
 
 def _parse_regions(value: Any, path: str, ctx: _Ctx) -> dict[str, dict[str, Any]]:
@@ -230,6 +272,7 @@ def _parse_regions(value: Any, path: str, ctx: _Ctx) -> dict[str, dict[str, Any]
 
 PLOT_KINDS = ("heatmaps", "neuron_grid", "contrast", "audit_bars", "curves", "essence", "tokens")
 """The pictures ``output.plots`` can ask for (see :mod:`influence._outputs`)."""
+_PLOT_NEEDS = {"audit_bars": "audit", "curves": "curves", "essence": "essence"}  # the output key a picture draws
 
 
 def _parse_plots(value: Any, path: str, ctx: _Ctx) -> bool | list[str]:
@@ -272,17 +315,32 @@ def _parse_curve_baseline(value: Any, path: str, ctx: _Ctx) -> Any:
         raise QueryError(path, f"must be a number, 'mean' or 'blur' (got {_show(value)})") from None
 
 
+def _box_json() -> dict[str, Any]:
+    """What :func:`_box` accepts, as JSON Schema (the former list, deprecated, too)."""
+    former = {"type": "array", "minItems": 4, "maxItems": 4, "items": Int(0).json_schema(), "deprecated": True, "description": "the former [top, bottom, left, right]"}
+    return {"anyOf": [BOX_SCHEMA.json_schema(), former]}
+
+
+def _region_json() -> dict[str, Any]:
+    """A region of ``output.regions`` or of an audit, as JSON Schema: box or mask, not both."""
+    return {**REGION_SCHEMA.json_schema(), "allOf": [{"oneOf": [json_given("box"), json_given("mask")]}]}
+
+
 AUDIT_SCHEMA = Schema(
     (
-        Key("region", Maybe(Custom("a region", _parse_audit_region)), None, "the region: {box: {top, left, height, width}} or {mask: ARRAY, invert: false} (input queries)"),
         Key(
-            "tokens", Maybe(Custom("a list of token ids", lambda v, p, c: _parse_token_ids(v, p))), None,
+            "region", Maybe(Custom("a region", _parse_audit_region, schema=lambda: _region_json())), None,
+            "the region: {box: {top, left, height, width}} or {mask: ARRAY, invert: false} (input queries)",
+        ),
+        Key(
+            "tokens", Maybe(Custom("a list of token ids", lambda v, p, c: _parse_token_ids(v, p), schema=lambda: json_one_or_list(Int(0).json_schema()))), None,
             "instead of region, for text: the audited token ids (e.g. a suspected cue word), with the query's line at the word embeddings",
         ),
         Key("factor", Float(positive=True), 3.0, "flag a class whose share exceeds factor x its area share"),
         Key("flag_on", Choice(("positive", "absolute")), "positive", "which share the flag compares"),
-        Key("classes", Maybe(Custom("a list of ints", _int_list)), None, "the classes audited (default: every label)"),
-    )
+        Key("classes", Maybe(Custom("a list of ints", _int_list, schema=lambda: _int_list_json(0))), None, "the classes audited (default: every label)"),
+    ),
+    rules=({"oneOf": [json_given("region"), json_given("tokens")]},),
 )
 
 def _parse_audit(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
@@ -295,8 +353,11 @@ def _parse_audit(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
 
 ESSENCE_SCHEMA = Schema(
     (
-        Key("k", Custom("a list of ints >= 1", lambda v, p, c: _int_list(v, p, c, minimum=1)), [1, 2, 4, 8], "how many units are kept"),
-        Key("rankings", Custom("a list of rankings", _parse_rankings), ["contrast"], "contrast, influence, gradient_x_activation"),
+        Key("k", Custom("a list of ints >= 1", lambda v, p, c: _int_list(v, p, c, minimum=1), schema=lambda: _int_list_json(1)), [1, 2, 4, 8], "how many units are kept"),
+        Key(
+            "rankings", Custom("a list of rankings", _parse_rankings, schema=lambda: json_one_or_list(Choice(RANKINGS).json_schema())), ["contrast"],
+            "contrast, influence, gradient_x_activation",
+        ),
         Key("ablation", Choice(("mean", "zero")), "mean", "what the other units become"),
         Key("draws", Int(1), 100, "random sets of k units to compare with"),
         Key("by", Maybe(Choice(("unit", "channel"))), None, "keep units or whole channels (default: output.top.by)"),
@@ -306,7 +367,10 @@ ESSENCE_SCHEMA = Schema(
 CURVES_SCHEMA = Schema(
     (
         Key("steps", Int(1), 16, "points 0, 1/steps, ..., 1 on each curve"),
-        Key("baseline", Custom("a number, 'mean' or 'blur'", _parse_curve_baseline), 0.0, "what removed pixels become"),
+        Key(
+            "baseline", Custom("a number, 'mean' or 'blur'", _parse_curve_baseline, schema=lambda: {"anyOf": [{"enum": ["mean", "blur"]}, Float().json_schema()]}), 0.0,
+            "what removed pixels become",
+        ),
         Key("random_orders", Int(1), 4, "random pixel orders averaged for the comparison"),
     )
 )
@@ -315,26 +379,59 @@ OUTPUT_SCHEMA = Schema(
     (
         Key("top", _mapping_check(TOP_SCHEMA, "a top-k table"), TOP_SCHEMA.parse({}, "", _Ctx(Path("."))), "the table printed"),
         Key("save", Bool(), True, "write <out>/<name>.json and <name>.pt"),
-        Key("plots", Custom("true, false or a list of pictures", _parse_plots), False, "PNG pictures (matplotlib: the viz extra)"),
-        Key("regions", Custom("a mapping of regions", _parse_regions), {}, "report the sum and |share| of influence per region"),
-        Key("audit", Maybe(Custom("an audit", lambda v, p, c: _parse_audit(v, p, c))), None, "per class, the share of attribution in a region (or on given tokens)"),
+        Key(
+            "plots", Custom("true, false or a list of pictures", _parse_plots, schema=lambda: {"anyOf": [{"type": "boolean"}, {"type": "array", "items": Choice(PLOT_KINDS).json_schema()}]}),
+            False, "PNG pictures (matplotlib: the viz extra)",
+        ),
+        Key(
+            "regions", Custom("a mapping of regions", _parse_regions, schema=lambda: {"type": "object", "propertyNames": {"minLength": 1}, "additionalProperties": _region_json()}),
+            {}, "report the sum and |share| of influence per region",
+        ),
+        Key("audit", Maybe(Custom("an audit", lambda v, p, c: _parse_audit(v, p, c), schema=lambda: AUDIT_SCHEMA.json_schema())), None, "per class, the share of attribution in a region (or on given tokens)"),
         Key("essence", Maybe(_mapping_check(ESSENCE_SCHEMA, "an essence check")), None, "keep the top-k units, AUC against random units"),
         Key("curves", Maybe(_mapping_check(CURVES_SCHEMA, "curves")), None, "deletion and insertion curves of the attributions"),
         Key("report", Bool(), False, "add the query to <out>/report.html and report.md"),
-    )
+    ),
+    rules=tuple(
+        {"if": {"required": ["plots"], "properties": {"plots": {"type": "array", "contains": {"const": plot}}}}, "then": json_given(needs)}
+        for plot, needs in _PLOT_NEEDS.items()
+    ),
 )
+
+_POPULATION = [name for name, kind in DOI_KINDS.items() if not kind.pointwise]
+_IS_POPULATION = {"required": ["doi"], "properties": {"doi": {"anyOf": [{"enum": _POPULATION}, {"type": "object", "properties": {"kind": {"enum": _POPULATION}}, "required": ["kind"]}]}}}
+_POPULATION_RULE = {
+    "if": _IS_POPULATION,
+    "then": {"properties": {
+        "inputs": {"type": "null"},
+        "output": {"properties": {"top": {"properties": {"anchor": {"const": "mean"}}}, "curves": {"type": "null"}, "plots": {"not": {"type": "array", "contains": {"const": "tokens"}}}}},
+    }},
+    "else": {"properties": {"checkpoint": {"type": "null"}}},
+}  # fmt: skip
+"""What :func:`_cross_check` asks of class and dataset DoIs (no inputs, anchor, curves or
+token pictures) and of pointwise ones (no checkpoint), as JSON Schema."""
 
 QUERY_SCHEMA = Schema(
     (
         Key("name", Maybe(Str("a name of letters, digits, '_', '-' or '.'", r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")), None, "names the output files (default query<i>)"),
-        Key("slice", Custom("a layer name or a mapping", _parse_slice), {"layer": None, "at": "output", "realisation": "auto"}, "where to cut; null: the input (input influence)"),
-        Key("doi", Custom("a DoI", lambda v, p, c: parse_doi(v, p, c)), REQUIRED, "the distribution of interest, e.g. {kind: line, steps: 32}"),
-        Key("qoi", Custom("a QoI or a list of QoIs", _parse_qois), REQUIRED, "the quantity of interest, e.g. {kind: class, label: 3}"),
+        Key(
+            "slice", Custom("a layer name or a mapping", _parse_slice, schema=slice_json_schema), {"layer": None, "at": "output", "realisation": "auto"},
+            "where to cut; null: the input (input influence)",
+        ),
+        Key("doi", Custom("a DoI", lambda v, p, c: parse_doi(v, p, c), schema=json_ref("doi")), REQUIRED, "the distribution of interest, e.g. {kind: line, steps: 32}"),
+        Key(
+            "qoi", Custom("a QoI or a list of QoIs", _parse_qois, schema=lambda: json_one_or_list(json_ref("qoi"))), REQUIRED,
+            "the quantity of interest, e.g. {kind: class, label: 3}",
+        ),
         Key("inputs", Maybe(_mapping_check(INPUTS_SCHEMA, "a selection")), None, "pointwise DoIs: which data points to explain (default: all)"),
         Key("output", _mapping_check(OUTPUT_SCHEMA, "an output mapping"), OUTPUT_SCHEMA.parse({}, "", _Ctx(Path("."))), "what to print and save"),
         *(Key(k.name, k.check, None, k.doc) for k in OPTION_KEYS),
-        Key("checkpoint", Maybe(Custom("a file path", _parse_checkpoint)), None, "class and dataset DoIs: a file keeping the query's progress; a rerun resumes from it"),
-    )
+        Key(
+            "checkpoint", Maybe(Custom("a file path", _parse_checkpoint, schema=Str().json_schema())), None,
+            "class and dataset DoIs: a file keeping the query's progress; a rerun resumes from it",
+        ),
+    ),
+    rules=(_POPULATION_RULE,),
 )
 
 DEFAULTS_SCHEMA = Schema(OPTION_KEYS)
@@ -623,7 +720,7 @@ def _cross_check_output(spec: QuerySpec, data: dict[str, Any]) -> None:
     if isinstance(out["plots"], list):
         for i, kind in enumerate(out["plots"]):
             where = _join(_join(path, "plots"), i)
-            needs = {"audit_bars": "audit", "curves": "curves", "essence": "essence"}.get(kind)
+            needs = _PLOT_NEEDS.get(kind)
             if needs is not None and out[needs] is None:
                 raise QueryError(where, f"{kind} draws the result of output.{needs}; add output.{needs}")
             if kind == "heatmaps" and not at_input:

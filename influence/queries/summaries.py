@@ -58,7 +58,7 @@ def region_table(built: BuiltQuery, result: InfluenceResult, regions: dict[str, 
         if len(unit) < 2:
             raise QueryError(where, f"regions need units with at least two dims (H, W); the unit shape is {unit}")
         if region["box"] is not None:
-            rect = Rect(*region["box"])
+            rect = Rect(**region["box"])
             h, w = unit[-2:]
             if not rect.fits(h, w):
                 raise QueryError(_join(where, "box"), f"{rect} does not fit units of spatial shape ({h}, {w})")

@@ -46,10 +46,12 @@ names the field (``queries[1].doi.steps``). The tables :data:`DOI_KINDS`,
 :data:`QOI_KINDS` and the section schemas drive validation, the did-you-mean hints, the
 README's schema table, ``influence schema`` and the tests.
 
-Modules, in the order a file meets them: ``checks`` (the validation layer), ``kinds``
-(DoI and QoI kinds), ``schema`` (the file's sections, :func:`parse_query`), ``loading``
-(factories, weights, data), ``running`` (:class:`Session`, :class:`BuiltQuery`),
-``summaries`` (top-k, regions, tokens), ``_outputs`` (tables, files, reports), ``cli``.
+Modules, in the order a file meets them: ``checks`` (the validation layer), ``trust``
+(which callables a file may name), ``kinds`` (DoI and QoI kinds), ``schema`` (the file's
+sections, :func:`parse_query`), ``json_schema`` (the same declarations as JSON Schema:
+``influence schema``), ``loading`` (factories, weights, data), ``running``
+(:class:`Session`, :class:`BuiltQuery`), ``summaries`` (top-k, regions, tokens),
+``_outputs`` (tables, files, reports), ``cli``.
 
 May import: ``influence.workflows`` and ``influence.engine`` (their package names only),
 ``slices``, ``doi``, ``qoi`` and itself (``tests/test_structure.py`` checks this). Only

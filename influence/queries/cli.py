@@ -1,8 +1,9 @@
 """The ``influence`` command line (also ``python -m influence``).
 
 ``influence run QUERY.yaml`` runs the queries of a YAML file and prints a table per
-query; ``influence validate QUERY.yaml`` checks a file without loading anything heavy;
-``influence layers MODEL`` lists a model's layers with their output shapes; ``influence
+query; ``influence validate QUERY.yaml`` checks a file without importing anything and
+lists the callables running it would import and call; ``influence schema`` prints the JSON
+Schema of query files; ``influence layers MODEL`` lists a model's layers with their output shapes; ``influence
 demo`` runs the built-in example end to end and writes its report. Exit codes:
 0 success, 2 a bad query (one line naming the field: ``error: queries[1].doi.steps:
 must be an int >= 1 (got -3)``), 1 a failure while computing.

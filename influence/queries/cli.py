@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
         "validate",
         help="check a YAML file without running it",
         description="Check the whole of QUERY.yaml — sections, keys, types, kinds, that files exist — "
-        "without importing the model or loading weights or data.",
+        "without importing the model or loading weights or data, and list every callable that running it "
+        "would import and call (a query file is trusted like a script: README, Design).",
         epilog="example:\n  influence validate examples/background_audit.yaml\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

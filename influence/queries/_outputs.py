@@ -37,8 +37,10 @@ from doi import PointwiseDoI
 from qoi import ClassQoI, ComparativeQoI, MaxClassQoI
 
 from ..engine import InfluenceResult
-from ..workflows import AuditResult, Curves, EssenceResult, Rect, Report, audit, deletion_insertion, essence_check, explain_neurons, pixel_maps
-from .checks import QueryError, _join
+from ..workflows import (
+    AuditResult, Curves, EssenceResult, Rect, Report, audit, deletion_insertion, essence_check, explain_neurons, pixel_maps,
+)  # fmt: skip
+from .checks import QueryError, join_path
 from .running import BuiltQuery
 from .summaries import is_token_result, top_table
 
@@ -107,7 +109,7 @@ class Extras:
         if _wants(output, "tokens"):
             if not any(heatmaps) and _explicit(output, "tokens"):
                 raise QueryError(
-                    _join(query.spec.path, "output.plots"),
+                    join_path(query.spec.path, "output.plots"),
                     "tokens draws one value per token: it needs integer token ids as inputs and a slice with one vector per token (units (L, D)), e.g. the word embeddings",
                 )
             written += self._token_files(query, results, heatmaps)
@@ -134,7 +136,7 @@ class Extras:
         from ..workflows import token_audit
 
         spec = query.spec.output["audit"]
-        where = _join(query.spec.path, "output.audit")
+        where = join_path(query.spec.path, "output.audit")
         x, y = self._labelled(query, where)
         line = query.spec.doi if query.spec.pointwise else query.spec.doi["each"]
         base = line["baseline"]
@@ -149,7 +151,7 @@ class Extras:
 
     def _audit(self, query: BuiltQuery, batch: int, seed: int) -> AuditResult:
         spec = query.spec.output["audit"]
-        where = _join(query.spec.path, "output.audit")
+        where = join_path(query.spec.path, "output.audit")
         if spec.get("tokens") is not None:
             return self._token_audit(query, batch, seed)
         x, y = self._labelled(query, where)
@@ -159,12 +161,12 @@ class Extras:
             rect = Rect(**region_spec["box"])
             h, w = x.shape[-2:]
             if not rect.fits(h, w):
-                raise QueryError(_join(where, "region.box"), f"{rect} does not fit images of {h}x{w} pixels")
+                raise QueryError(join_path(where, "region.box"), f"{rect} does not fit images of {h}x{w} pixels")
             region = ~rect.mask(h, w) if region_spec["invert"] else rect
         else:
-            mask = query.data.array(region_spec["mask"], _join(where, "region.mask"))
+            mask = query.data.array(region_spec["mask"], join_path(where, "region.mask"))
             if mask.dtype != torch.bool:
-                raise QueryError(_join(where, "region.mask"), f"array {region_spec['mask']!r} must be bool (got {mask.dtype})")
+                raise QueryError(join_path(where, "region.mask"), f"array {region_spec['mask']!r} must be bool (got {mask.dtype})")
             region = ~mask if region_spec["invert"] else mask
         try:
             return audit(
@@ -176,7 +178,7 @@ class Extras:
 
     def _essence(self, query: BuiltQuery, batch: int, seed: int) -> EssenceResult:
         spec = query.spec.output["essence"]
-        where = _join(query.spec.path, "output.essence")
+        where = join_path(query.spec.path, "output.essence")
         x, y = self._labelled(query, where)
         qoi = query.qoi
         if isinstance(qoi, ComparativeQoI):
@@ -195,7 +197,7 @@ class Extras:
 
     def _curves(self, query: BuiltQuery, results: list[InfluenceResult], batch: int, seed: int) -> list[Curves]:
         spec = query.spec.output["curves"]
-        where = _join(query.spec.path, "output.curves")
+        where = join_path(query.spec.path, "output.curves")
         x = query.inputs
         assert x is not None
         if x.ndim not in (3, 4):
@@ -232,7 +234,7 @@ class Extras:
         from ..workflows import plots
 
         spec, output = query.spec, query.spec.output
-        where = _join(spec.path, "output.plots")
+        where = join_path(spec.path, "output.plots")
         files: list[tuple[Path, str]] = []
 
         def path(kind: str, j: int | None = None) -> Path:
@@ -279,7 +281,7 @@ class Extras:
         from ..workflows import plots
 
         spec = query.spec
-        where = _join(spec.path, "output.plots")
+        where = join_path(spec.path, "output.plots")
         cut = query.slice.cut
         if cut is None or cut.at != "output":
             raise QueryError(where, "neuron_grid needs a slice at a layer's output")

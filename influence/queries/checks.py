@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from .trust import REFUSED_MODULES, refused
 
-_INT_LIMIT = 2**62
+INT_LIMIT = 2**62
 _NUMBER = r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*"  # a number written as text, e.g. 1e-3
 
 
@@ -31,7 +31,7 @@ class QueryError(ValueError):
         super().__init__(f"{path}: {self.message}" if path else self.message)
 
 
-def _join(path: str, key: str | int) -> str:
+def join_path(path: str, key: str | int) -> str:
     """``path.key``, ``path[3]``, or ``path['odd key']`` for a key that is not a name."""
     if isinstance(key, int):
         return f"{path}[{key}]"
@@ -40,7 +40,7 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """``value`` for an error message: its type and a short repr."""
     text = repr(value)
     if len(text) > 60:
@@ -50,7 +50,7 @@ def _show(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
-def _did_you_mean(word: Any, options: Sequence[str]) -> str:
+def did_you_mean(word: Any, options: Sequence[str]) -> str:
     if not isinstance(word, str):
         return ""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
@@ -61,7 +61,7 @@ def _did_you_mean(word: Any, options: Sequence[str]) -> str:
 
 
 @dataclass(frozen=True)
-class _Ctx:
+class Context:
     """What validation needs besides the value: the folder relative paths start from; it
     collects the import paths the file names, ``(field, 'module:name')``, in file order."""
 
@@ -76,7 +76,7 @@ class Check(ABC):
     what = "a value"
 
     @abstractmethod
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+    def __call__(self, value: Any, path: str, ctx: Context) -> Any:
         """The value, normalised, or a :class:`QueryError` naming ``path``."""
 
     @abstractmethod
@@ -86,7 +86,7 @@ class Check(ABC):
         the schema must not refuse a file that validates."""
 
     def fail(self, path: str, value: Any, extra: str = "") -> QueryError:
-        return QueryError(path, f"must be {self.what} (got {_show(value)}){extra}")
+        return QueryError(path, f"must be {self.what} (got {show_value(value)}){extra}")
 
 
 class Int(Check):
@@ -94,15 +94,15 @@ class Int(Check):
         self.minimum = minimum
         self.what = "an int" if minimum is None else f"an int >= {minimum}"
 
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> int:
+    def __call__(self, value: Any, path: str, ctx: Context) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(path, value)
-        if (self.minimum is not None and value < self.minimum) or abs(value) >= _INT_LIMIT:
+        if (self.minimum is not None and value < self.minimum) or abs(value) >= INT_LIMIT:
             raise self.fail(path, value)
         return value
 
     def json_schema(self) -> dict[str, Any]:
-        return {"type": "integer", "minimum": -(_INT_LIMIT - 1) if self.minimum is None else self.minimum, "maximum": _INT_LIMIT - 1}
+        return {"type": "integer", "minimum": -(INT_LIMIT - 1) if self.minimum is None else self.minimum, "maximum": INT_LIMIT - 1}
 
 
 class Float(Check):
@@ -114,7 +114,7 @@ class Float(Check):
         if below is not None:
             self.what = f"a number in (0, {below:g})" if positive else f"a number < {below:g}"
 
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> float:
+    def __call__(self, value: Any, path: str, ctx: Context) -> float:
         number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             try:
@@ -146,7 +146,7 @@ class Float(Check):
 class Bool(Check):
     what = "true or false"
 
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> bool:
+    def __call__(self, value: Any, path: str, ctx: Context) -> bool:
         if not isinstance(value, bool):
             raise self.fail(path, value)
         return value
@@ -159,7 +159,7 @@ class Str(Check):
     def __init__(self, what: str = "a string", pattern: str | None = None) -> None:
         self.what, self.pattern = what, pattern
 
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> str:
+    def __call__(self, value: Any, path: str, ctx: Context) -> str:
         if not isinstance(value, str) or not value or (self.pattern and not re.fullmatch(self.pattern, value)):
             raise self.fail(path, value)
         return value
@@ -176,10 +176,10 @@ class Choice(Check):
         self.options = tuple(options)
         self.what = "one of " + ", ".join(repr(o) for o in self.options)
 
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> str:
+    def __call__(self, value: Any, path: str, ctx: Context) -> str:
         if not isinstance(value, str) or value not in self.options:
-            hint = _did_you_mean(value, self.options)
-            raise QueryError(path, f"must be {self.what} (got {_show(value)})" + (f"; {hint.strip()}" if hint else ""))
+            hint = did_you_mean(value, self.options)
+            raise QueryError(path, f"must be {self.what} (got {show_value(value)})" + (f"; {hint.strip()}" if hint else ""))
         return value
 
     def json_schema(self) -> dict[str, Any]:
@@ -193,7 +193,7 @@ class Maybe(Check):
         self.inner = inner
         self.what = f"null or {inner.what}"
 
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+    def __call__(self, value: Any, path: str, ctx: Context) -> Any:
         if value is None:
             return None
         try:
@@ -216,7 +216,7 @@ class ImportPath(Str):
     def __init__(self) -> None:
         super().__init__("an import path 'package.module:name'", r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+    def __call__(self, value: Any, path: str, ctx: Context) -> Any:
         """The path, checked against :mod:`~influence.queries.trust` and recorded in ``ctx``."""
         spec = super().__call__(value, path, ctx)
         why = refused(spec)
@@ -238,7 +238,7 @@ class FilePath(Check):
         self.suffixes = tuple(suffixes)
         self.what = "a file path" + (f" ({', '.join(self.suffixes)})" if self.suffixes else "")
 
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Path:
+    def __call__(self, value: Any, path: str, ctx: Context) -> Path:
         if not isinstance(value, str) or not value or "\0" in value:
             raise self.fail(path, value)
         if self.suffixes and Path(value).suffix.lower() not in self.suffixes:
@@ -274,12 +274,12 @@ class AnyMapping(Check):
 
     what = "a mapping of names to values"
 
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+    def __call__(self, value: Any, path: str, ctx: Context) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(path, value)
         for key in value:
             if not isinstance(key, str) or not key.isidentifier():
-                raise QueryError(_join(path, str(key)), f"keyword names must be identifiers (got {_show(key)})")
+                raise QueryError(join_path(path, str(key)), f"keyword names must be identifiers (got {show_value(key)})")
         return dict(value)
 
     def json_schema(self) -> dict[str, Any]:
@@ -296,10 +296,10 @@ class Custom(Check):
     JSON Schema fragment of what it accepts (or a function returning it, for fragments
     built from other schemas)."""
 
-    def __init__(self, what: str, fn: Callable[[Any, str, _Ctx], Any], *, schema: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, what: str, fn: Callable[[Any, str, Context], Any], *, schema: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
         self.what, self.fn, self.schema = what, fn, schema
 
-    def __call__(self, value: Any, path: str, ctx: _Ctx) -> Any:
+    def __call__(self, value: Any, path: str, ctx: Context) -> Any:
         return self.fn(value, path, ctx)
 
     def json_schema(self) -> dict[str, Any]:
@@ -361,21 +361,21 @@ class Schema:
     def names(self) -> tuple[str, ...]:
         return tuple(k.name for k in self.keys)
 
-    def parse(self, value: Any, path: str, ctx: _Ctx, *, what: str = "a mapping", also: Sequence[str] = ()) -> dict[str, Any]:
+    def parse(self, value: Any, path: str, ctx: Context, *, what: str = "a mapping", also: Sequence[str] = ()) -> dict[str, Any]:
         """``value`` checked key by key, with defaults filled in. ``also`` names keys the
         caller handles itself (e.g. ``kind``)."""
         if not isinstance(value, dict):
-            raise QueryError(path, f"must be {what} with keys {', '.join(self.names) or '(none)'} (got {_show(value)})")
+            raise QueryError(path, f"must be {what} with keys {', '.join(self.names) or '(none)'} (got {show_value(value)})")
         valid = (*also, *self.names)
         for key in value:
             if not isinstance(key, str):
-                raise QueryError(path, f"keys must be strings (got {_show(key)}); valid keys: {', '.join(valid)}")
+                raise QueryError(path, f"keys must be strings (got {show_value(key)}); valid keys: {', '.join(valid)}")
             if key not in valid:
-                hint = _did_you_mean(key, valid)
-                raise QueryError(_join(path, key), f"unknown key; {hint}valid keys here: {', '.join(valid) or '(none)'}")
+                hint = did_you_mean(key, valid)
+                raise QueryError(join_path(path, key), f"unknown key; {hint}valid keys here: {', '.join(valid) or '(none)'}")
         out: dict[str, Any] = {}
         for key in self.keys:
-            where = _join(path, key.name)
+            where = join_path(path, key.name)
             if key.name in value:
                 out[key.name] = key.check(value[key.name], where, ctx)
             elif key.default is REQUIRED:
@@ -408,11 +408,11 @@ def _accepts(check: Check, value: Any) -> bool:
     """Whether ``check`` accepts ``value`` (a query's engine options default to null, which
     means "from defaults", not a value to write)."""
     try:
-        check(copy.deepcopy(value), "", _Ctx(Path(".")))
+        check(copy.deepcopy(value), "", Context(Path(".")))
     except QueryError:
         return False
     return True
 
 
-def _mapping_check(schema: Schema, what: str) -> Check:
+def mapping_check(schema: Schema, what: str) -> Check:
     return Custom(what, lambda value, path, ctx: schema.parse(value, path, ctx), schema=schema.json_schema)

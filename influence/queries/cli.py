@@ -488,20 +488,20 @@ def _layers(args: argparse.Namespace) -> int:
             raise QueryError("MODEL", f"{spec!r} is neither a file nor an import path 'package.module:factory'")
         model = load_model({"torchscript": path, "factory": None, "kwargs": {}, "weights": None}, Path.cwd())
     else:
-        checks.ImportPath()(spec, "MODEL", checks._Ctx(Path.cwd()))
+        checks.ImportPath()(spec, "MODEL", checks.Context(Path.cwd()))
         try:
             kwargs = json.loads(args.kwargs)
         except json.JSONDecodeError as e:
             raise QueryError("--kwargs", f"is not valid JSON ({e.msg}); write e.g. '{{\"classes\": 10}}'") from None
         if not isinstance(kwargs, dict):
             raise QueryError("--kwargs", f"must be a JSON object of keyword arguments (got {type(kwargs).__name__})")
-        fn = loading._import(spec, "MODEL", Path.cwd())
-        model = loading._call_factory(fn, kwargs, "--kwargs")
+        fn = loading.import_callable(spec, "MODEL", Path.cwd())
+        model = loading.call_factory(fn, kwargs, "--kwargs")
         if not isinstance(model, torch.nn.Module):
             raise QueryError("MODEL", f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
         if args.weights:
-            weights = checks.FilePath()(args.weights, "--weights", checks._Ctx(Path.cwd()))
-            loading._fit_weights(model, loading._load_state_dict(weights, "--weights"), "--weights")
+            weights = checks.FilePath()(args.weights, "--weights", checks.Context(Path.cwd()))
+            loading.fit_weights(model, loading.read_state_dict(weights, "--weights"), "--weights")
         model.eval()
     if shape is not None:
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())

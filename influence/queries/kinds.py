@@ -18,8 +18,7 @@ from qoi import (
 from slices import Cut
 
 from .checks import (
-    _INT_LIMIT, REQUIRED, Bool, Choice, Custom, FilePath, Float, ImportPath, Int, Key, Maybe, QueryError, Schema, Str, _Ctx, _did_you_mean, _join, _show,
-    json_given, json_list, json_one_or_list, json_ref,
+    INT_LIMIT, REQUIRED, Bool, Choice, Context, Custom, FilePath, Float, ImportPath, Int, Key, Maybe, QueryError, Schema, Str, did_you_mean, join_path, json_given, json_list, json_one_or_list, json_ref, show_value,
 )  # fmt: skip
 
 # --- baselines, selectors and slices ------------------------------------------------------
@@ -62,7 +61,7 @@ _BASELINE_SPACE_RULE = {
 slice space, ``{mean}`` only in input space."""
 
 
-def _parse_baseline(value: Any, path: str, ctx: _Ctx, *, inner: bool = False) -> Any:
+def _parse_baseline(value: Any, path: str, ctx: Context, *, inner: bool = False) -> Any:
     """A number, or a one-key mapping naming where the baseline tensor comes from;
     ``{token: ID, keep: [IDS]}`` is the slice-space baseline of token ids (every id
     replaced by ``ID`` except padding and the ``keep`` ids)."""
@@ -72,58 +71,58 @@ def _parse_baseline(value: Any, path: str, ctx: _Ctx, *, inner: bool = False) ->
         except QueryError:
             pass
     if not isinstance(value, dict) or len(value) not in (1, 2):
-        raise QueryError(path, f"must be {_BASELINE_FORMS} (got {_show(value)})")
+        raise QueryError(path, f"must be {_BASELINE_FORMS} (got {show_value(value)})")
     forms = ("mean", "array", "file", "callable") if inner else ("mean", "array", "file", "callable", "activation_of", "token")
     if inner and "token" in value:
-        raise QueryError(_join(path, "token"), "{token: ID} is itself a slice-space baseline; write it without activation_of")
+        raise QueryError(join_path(path, "token"), "{token: ID} is itself a slice-space baseline; write it without activation_of")
     kinds = [k for k in value if k in forms]
     extra = [k for k in value if k not in forms and k not in _BASELINE_EXTRAS]
     if extra:
         key = extra[0]
-        hint = _did_you_mean(key, forms)
-        raise QueryError(_join(path, str(key)), f"unknown key; {hint}a baseline is {_BASELINE_FORMS}")
+        hint = did_you_mean(key, forms)
+        raise QueryError(join_path(path, str(key)), f"unknown key; {hint}a baseline is {_BASELINE_FORMS}")
     if len(kinds) != 1:
-        raise QueryError(path, f"must be {_BASELINE_FORMS} (got {_show(value)})")
+        raise QueryError(path, f"must be {_BASELINE_FORMS} (got {show_value(value)})")
     kind = kinds[0]
     for extra_key, owner in _BASELINE_EXTRAS.items():
         if extra_key in value and kind != owner:
             form = "{file: PATH, key: NAME}" if owner == "file" else "{token: ID, keep: [IDS]}"
-            raise QueryError(_join(path, extra_key), f"applies to {form} only")
-    where = _join(path, kind)
+            raise QueryError(join_path(path, extra_key), f"applies to {form} only")
+    where = join_path(path, kind)
     if kind in ("mean", "array", "callable"):
         return {kind: _BASELINE_CHECKS[kind](value[kind], where, ctx)}
     if kind == "file":
-        key = _FILE_KEY(value.get("key"), _join(path, "key"), ctx)
+        key = _FILE_KEY(value.get("key"), join_path(path, "key"), ctx)
         return {"file": _BASELINE_CHECKS["file"](value["file"], where, ctx), "key": key}
     if kind == "token":
         token = _TOKEN_ID(value["token"], where, ctx)
         keep = value.get("keep", [])
         if keep != []:
             if not isinstance(keep, list):
-                raise QueryError(_join(path, "keep"), f"must be a list of token ids (ints >= 0) kept as they are, e.g. [CLS] and [SEP] (got {_show(keep)})")
-            keep = [_token_id(v, _join(_join(path, "keep"), i)) for i, v in enumerate(keep)]
+                raise QueryError(join_path(path, "keep"), f"must be a list of token ids (ints >= 0) kept as they are, e.g. [CLS] and [SEP] (got {show_value(keep)})")
+            keep = [_token_id(v, join_path(join_path(path, "keep"), i)) for i, v in enumerate(keep)]
         return {"token": token, "keep": keep}
     return {"activation_of": _parse_baseline(value["activation_of"], where, ctx, inner=True)}
 
 
 def _token_id(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _INT_LIMIT:
-        raise QueryError(path, f"must be a token id, an int >= 0 (got {_show(value)})")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < INT_LIMIT:
+        raise QueryError(path, f"must be a token id, an int >= 0 (got {show_value(value)})")
     return value
 
 
 _TOKEN_ID = Custom("a token id, an int >= 0", lambda v, p, c: _token_id(v, p), schema=Int(0).json_schema)
 
 
-def _parse_selector(value: Any, path: str, ctx: _Ctx) -> Any:
+def _parse_selector(value: Any, path: str, ctx: Context) -> Any:
     """Which tensor of a tuple/dict output a QoI reads: an int, a key, or a callable."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return Int(0)(value, path, ctx)
     if isinstance(value, dict) and list(value) == ["callable"]:
-        return {"callable": ImportPath()(value["callable"], _join(path, "callable"), ctx)}
-    raise QueryError(path, f"must be null, an int index, a str key or {{callable: 'module:function'}} (got {_show(value)})")
+        return {"callable": ImportPath()(value["callable"], join_path(path, "callable"), ctx)}
+    raise QueryError(path, f"must be null, an int index, a str key or {{callable: 'module:function'}} (got {show_value(value)})")
 
 
 _SELECTOR = Custom(
@@ -149,14 +148,14 @@ def slice_json_schema() -> dict[str, Any]:
     return {"anyOf": [{"type": "null"}, Str().json_schema(), SLICE_SCHEMA.json_schema()]}
 
 
-def _parse_slice(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+def _parse_slice(value: Any, path: str, ctx: Context) -> dict[str, Any]:
     if value is None:
         return {"layer": None, "at": "output", "realisation": "auto"}
     if isinstance(value, str):
         value = {"layer": value}
     out = SLICE_SCHEMA.parse(value, path, ctx, what="a layer name or a mapping")
     if out["layer"] is None and out["at"] != "output":
-        raise QueryError(_join(path, "at"), "applies to a layer; the input slice (layer: null) has no 'at'")
+        raise QueryError(join_path(path, "at"), "applies to a layer; the input slice (layer: null) has no 'at'")
     if out["layer"] is not None:
         Cut(out["layer"], out["at"])
     return out
@@ -182,7 +181,7 @@ class _Builder:
 
     def selector(self, spec: Any, path: str) -> Any:
         if isinstance(spec, dict):
-            return self.imported(spec["callable"], _join(path, "callable"))
+            return self.imported(spec["callable"], join_path(path, "callable"))
         return spec
 
     def pointwise(self, spec: dict[str, Any], path: str) -> PointwiseDoI:
@@ -250,12 +249,12 @@ class Adaptive:
         cap = self.cap.name
         if spec.get("tol") is None:
             if raw.get(cap) is not None:
-                raise QueryError(_join(path, cap), f"caps the work that tol chooses per point; give tol too, or remove {cap}")
+                raise QueryError(join_path(path, cap), f"caps the work that tol chooses per point; give tol too, or remove {cap}")
             return {k: v for k, v in spec.items() if k not in ("tol", cap)}
         given = [k for k in self.replaces if k in raw]
         if given:
             raise QueryError(
-                _join(path, "tol"),
+                join_path(path, "tol"),
                 f"chooses each point's {' and '.join(self.replaces)}; give tol or {' and '.join(given)}, not both (cap the work with {cap})",
             )
         return {k: v for k, v in spec.items() if k not in self.replaces}
@@ -270,11 +269,11 @@ _NOISE_ADAPTIVE = Adaptive(Key("max_samples", Maybe(Int(1)), None, "with tol: th
 
 
 def _line(p: dict[str, Any], path: str, b: _Builder) -> LineDoI:
-    baseline = b.baseline(p["baseline"], _join(path, "baseline"), p["space"])
+    baseline = b.baseline(p["baseline"], join_path(path, "baseline"), p["space"])
     return LineDoI(baseline, steps=p.get("steps"), rule=p.get("rule", "gauss-legendre"), space=p["space"], **_LINE_ADAPTIVE.args(p))
 
 
-def _parse_each(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+def _parse_each(value: Any, path: str, ctx: Context) -> dict[str, Any]:
     return parse_doi(value, path, ctx, pointwise_only=True)
 
 
@@ -319,14 +318,14 @@ DOI_KINDS: dict[str, Kind] = {
         "class",
         Schema((Key("label", Int(0), REQUIRED, "the class whose points of the data section form the population"), _EACH)),
         "uniform over the data section's points of one class",
-        lambda p, path, b: ClassDoI(b.population_data(path, p["label"]), p["label"], each=b.pointwise(p["each"], _join(path, "each"))),
+        lambda p, path, b: ClassDoI(b.population_data(path, p["label"]), p["label"], each=b.pointwise(p["each"], join_path(path, "each"))),
         pointwise=False,
     ),
     "dataset": Kind(
         "dataset",
         Schema((_EACH,)),
         "uniform over all points of the data section",
-        lambda p, path, b: DatasetDoI(b.population_data(path, None), each=b.pointwise(p["each"], _join(path, "each"))),
+        lambda p, path, b: DatasetDoI(b.population_data(path, None), each=b.pointwise(p["each"], join_path(path, "each"))),
         pointwise=False,
     ),
 }
@@ -337,22 +336,22 @@ def _neuron(p: dict[str, Any], path: str, b: _Builder) -> NeuronQoI:
     return NeuronQoI(p["layer"], tuple(index) if isinstance(index, list) else index)
 
 
-def _parse_index(value: Any, path: str, ctx: _Ctx) -> Any:
+def _parse_index(value: Any, path: str, ctx: Context) -> Any:
     if isinstance(value, list) and value:
-        return [Int(0)(v, _join(path, i), ctx) for i, v in enumerate(value)]
+        return [Int(0)(v, join_path(path, i), ctx) for i, v in enumerate(value)]
     try:
         return Int(0)(value, path, ctx)
     except QueryError:
-        raise QueryError(path, f"must be an int >= 0 (a channel) or a list of ints (one unit) (got {_show(value)})") from None
+        raise QueryError(path, f"must be an int >= 0 (a channel) or a list of ints (one unit) (got {show_value(value)})") from None
 
 
 def _linear(p: dict[str, Any], path: str, b: _Builder) -> LinearQoI:
     terms = []
     for i, term in enumerate(p["terms"]):
-        where = _join(_join(path, "terms"), i)
-        built = _build_qoi(term["qoi"], _join(where, "qoi"), b)
+        where = join_path(join_path(path, "terms"), i)
+        built = _build_qoi(term["qoi"], join_path(where, "qoi"), b)
         if isinstance(built, list):
-            raise QueryError(_join(_join(where, "qoi"), "per_token"), "gives one QoI per token; a term of linear must be one QoI (set per_token: false)")
+            raise QueryError(join_path(join_path(where, "qoi"), "per_token"), "gives one QoI per token; a term of linear must be one QoI (set per_token: false)")
         terms.append((term["weight"], built))
     return LinearQoI(tuple(terms))
 
@@ -366,10 +365,10 @@ _TERM_SCHEMA = Schema(
 )
 
 
-def _parse_terms(value: Any, path: str, ctx: _Ctx) -> list[dict[str, Any]]:
+def _parse_terms(value: Any, path: str, ctx: Context) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
-        raise QueryError(path, f"must be a non-empty list of {{weight: NUMBER, qoi: QOI}} (got {_show(value)})")
-    return [_TERM_SCHEMA.parse(t, _join(path, i), ctx, what="a term") for i, t in enumerate(value)]
+        raise QueryError(path, f"must be a non-empty list of {{weight: NUMBER, qoi: QOI}} (got {show_value(value)})")
+    return [_TERM_SCHEMA.parse(t, join_path(path, i), ctx, what="a term") for i, t in enumerate(value)]
 
 
 QOI_KINDS: dict[str, Kind] = {
@@ -377,13 +376,13 @@ QOI_KINDS: dict[str, Kind] = {
         "class",
         Schema((Key("label", Int(0), REQUIRED, "the class index c"), _OUTPUT)),
         "f_c, the score of one class",
-        lambda p, path, b: ClassQoI(p["label"], output=b.selector(p["output"], _join(path, "output"))),
+        lambda p, path, b: ClassQoI(p["label"], output=b.selector(p["output"], join_path(path, "output"))),
     ),
     "comparative": Kind(
         "comparative",
         Schema((Key("a", Int(0), REQUIRED, "the class preferred"), Key("b", Int(0), REQUIRED, "the class compared with"), _OUTPUT)),
         "f_a − f_b: what makes the model prefer class a over b",
-        lambda p, path, b: ComparativeQoI(p["a"], p["b"], output=b.selector(p["output"], _join(path, "output"))),
+        lambda p, path, b: ComparativeQoI(p["a"], p["b"], output=b.selector(p["output"], join_path(path, "output"))),
     ),
     "neuron": Kind(
         "neuron",
@@ -403,7 +402,7 @@ QOI_KINDS: dict[str, Kind] = {
         "max_class",
         Schema((_OUTPUT,)),
         "the score of the class predicted at each anchor",
-        lambda p, path, b: MaxClassQoI(output=b.selector(p["output"], _join(path, "output"))),
+        lambda p, path, b: MaxClassQoI(output=b.selector(p["output"], join_path(path, "output"))),
     ),
     "linear": Kind(
         "linear",
@@ -415,7 +414,7 @@ QOI_KINDS: dict[str, Kind] = {
         "callable",
         Schema((Key("function", ImportPath(), REQUIRED, "'module:function', output -> (batch,)"), _OUTPUT)),
         "your own function of the output",
-        lambda p, path, b: FunctionQoI(b.imported(p["function"], _join(path, "function")), output=b.selector(p["output"], _join(path, "output"))),
+        lambda p, path, b: FunctionQoI(b.imported(p["function"], join_path(path, "function")), output=b.selector(p["output"], join_path(path, "output"))),
     ),
     "next_token": Kind(
         "next_token",
@@ -428,7 +427,7 @@ QOI_KINDS: dict[str, Kind] = {
             )
         ),
         "a causal language model's logit (or log-probability) of one token at one position",
-        lambda p, path, b: NextTokenQoI(p["token"], p["position"], log_prob=p["log_prob"], output=b.selector(p["output"], _join(path, "output"))),
+        lambda p, path, b: NextTokenQoI(p["token"], p["position"], log_prob=p["log_prob"], output=b.selector(p["output"], join_path(path, "output"))),
     ),
     "continuation": Kind(
         "continuation",
@@ -452,28 +451,28 @@ QOI_KINDS: dict[str, Kind] = {
 }
 
 
-def _parse_target(value: Any, path: str, ctx: _Ctx) -> Any:
+def _parse_target(value: Any, path: str, ctx: Context) -> Any:
     if isinstance(value, str) and value:
         return value
     if isinstance(value, list) and value:
-        return [_token_id(v, _join(path, i)) for i, v in enumerate(value)]
-    raise QueryError(path, f"must be a non-empty list of token ids or the name of an array of the data section (got {_show(value)})")
+        return [_token_id(v, join_path(path, i)) for i, v in enumerate(value)]
+    raise QueryError(path, f"must be a non-empty list of token ids or the name of an array of the data section (got {show_value(value)})")
 
 
 def _continuation(p: dict[str, Any], path: str, b: _Builder) -> Any:
-    qoi = ContinuationQoI(b.target(p["target"], _join(path, "target")), output=b.selector(p["output"], _join(path, "output")))
+    qoi = ContinuationQoI(b.target(p["target"], join_path(path, "target")), output=b.selector(p["output"], join_path(path, "output")))
     return qoi.per_token() if p["per_token"] else qoi
 
 
-def _parse_kind(value: Any, path: str, ctx: _Ctx, kinds: dict[str, Kind], what: str) -> dict[str, Any]:
+def _parse_kind(value: Any, path: str, ctx: Context, kinds: dict[str, Kind], what: str) -> dict[str, Any]:
     names = ", ".join(kinds)
     if isinstance(value, str):
         value = {"kind": value}
     if not isinstance(value, dict):
-        raise QueryError(path, f"must be a {what}: a kind name ({names}) or a mapping with 'kind' (got {_show(value)})")
+        raise QueryError(path, f"must be a {what}: a kind name ({names}) or a mapping with 'kind' (got {show_value(value)})")
     if "kind" not in value:
-        raise QueryError(_join(path, "kind"), f"missing; say which {what}: one of {names}")
-    kind = Choice(tuple(kinds))(value["kind"], _join(path, "kind"), ctx)
+        raise QueryError(join_path(path, "kind"), f"missing; say which {what}: one of {names}")
+    kind = Choice(tuple(kinds))(value["kind"], join_path(path, "kind"), ctx)
     rest = {k: v for k, v in value.items() if k != "kind"}
     return {"kind": kind, **kinds[kind].schema.parse(rest, path, ctx, also=("kind",))}
 
@@ -494,16 +493,16 @@ def _at(path: str, *, broad: bool = False) -> Iterator[None]:
         raise QueryError(path, f"{type(e).__name__}: {e}") from None
 
 
-def parse_doi(value: Any, path: str, ctx: _Ctx, *, pointwise_only: bool = False) -> dict[str, Any]:
+def parse_doi(value: Any, path: str, ctx: Context, *, pointwise_only: bool = False) -> dict[str, Any]:
     """A DoI spec (a kind name or a mapping with ``kind``), checked; the library's own
     argument checks run on a placeholder object."""
     spec = _parse_kind(value, path, ctx, DOI_KINDS, "DoI")
     kind = DOI_KINDS[spec["kind"]]
     if pointwise_only and not kind.pointwise:
         pointwise = ", ".join(k for k, v in DOI_KINDS.items() if v.pointwise)
-        raise QueryError(_join(path, "kind"), f"each must be a pointwise DoI ({pointwise}) (got {spec['kind']!r})")
+        raise QueryError(join_path(path, "kind"), f"each must be a pointwise DoI ({pointwise}) (got {spec['kind']!r})")
     if spec["kind"] == "line":
-        _check_baseline_space(spec["baseline"], spec["space"], _join(path, "baseline"))
+        _check_baseline_space(spec["baseline"], spec["space"], join_path(path, "baseline"))
     adaptive = kind.adaptive
     if adaptive is None:
         with _at(path, broad=True):
@@ -519,7 +518,7 @@ def parse_doi(value: Any, path: str, ctx: _Ctx, *, pointwise_only: bool = False)
         except Exception as e:
             cap = adaptive.cap.name
             text = str(e) if isinstance(e, (ValueError, TypeError)) else f"{type(e).__name__}: {e}"
-            raise QueryError(_join(path, cap if cap in str(e) else "tol"), text) from None
+            raise QueryError(join_path(path, cap if cap in str(e) else "tol"), text) from None
     return spec
 
 
@@ -535,7 +534,7 @@ def _check_baseline_space(baseline: Any, space: str, path: str) -> None:
         raise QueryError(path, "{mean: ...} is an input; in space: slice write {activation_of: {mean: ...}} for its activation at the cut")
 
 
-def parse_qoi(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+def parse_qoi(value: Any, path: str, ctx: Context) -> dict[str, Any]:
     """A QoI spec, checked like :func:`parse_doi`."""
     spec = _parse_kind(value, path, ctx, QOI_KINDS, "QoI")
     with _at(path, broad=True):
@@ -547,9 +546,9 @@ def _build_qoi(spec: dict[str, Any], path: str, b: _Builder) -> QuantityOfIntere
     return QOI_KINDS[spec["kind"]].build(spec, path, b)
 
 
-def _parse_qois(value: Any, path: str, ctx: _Ctx) -> list[dict[str, Any]] | dict[str, Any]:
+def _parse_qois(value: Any, path: str, ctx: Context) -> list[dict[str, Any]] | dict[str, Any]:
     if isinstance(value, list):
         if not value:
             raise QueryError(path, "the list of QoIs is empty; give one QoI or a non-empty list")
-        return [parse_qoi(v, _join(path, i), ctx) for i, v in enumerate(value)]
+        return [parse_qoi(v, join_path(path, i), ctx) for i, v in enumerate(value)]
     return parse_qoi(value, path, ctx)

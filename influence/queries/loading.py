@@ -23,13 +23,13 @@ from doi._points import Points, is_structured
 from doi._points import count as points_count
 from doi._points import tensors as points_tensors
 
-from .checks import QueryError, _did_you_mean, _join, _show
+from .checks import QueryError, did_you_mean, join_path, show_value
 from .trust import check_resolved, refused
 
 # --- loading: the session ------------------------------------------------------------------------
 
 
-def _import(spec: str, path: str, folder: Path) -> Any:
+def import_callable(spec: str, path: str, folder: Path) -> Any:
     """``package.module:attr.attr``; a module that is not importable from ``sys.path`` is
     looked for in the query file's folder too. Callables of the standard library's process
     and file modules are refused, by name and by where the resolved object is defined
@@ -58,7 +58,7 @@ def _import(spec: str, path: str, folder: Path) -> Any:
     for part in attr.split("."):
         if not hasattr(value, part):
             names = [n for n in dir(value) if not n.startswith("_")]
-            hint = _did_you_mean(part, names)
+            hint = did_you_mean(part, names)
             raise QueryError(path, f"{module_name!r} has no attribute {part!r}; {hint}".rstrip("; ").rstrip())
         value = getattr(value, part)
         why = check_resolved(value, spec)
@@ -69,7 +69,7 @@ def _import(spec: str, path: str, folder: Path) -> Any:
     return value
 
 
-def _call_factory(fn: Callable[..., Any], kwargs: dict[str, Any], kwargs_path: str) -> Any:
+def call_factory(fn: Callable[..., Any], kwargs: dict[str, Any], kwargs_path: str) -> Any:
     """``fn(**kwargs)``; arguments it does not take, and ``ValueError``/``TypeError`` it
     raises, are :class:`QueryError` at ``kwargs_path``."""
     try:
@@ -83,19 +83,19 @@ def _call_factory(fn: Callable[..., Any], kwargs: dict[str, Any], kwargs_path: s
             params = [p.name for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
             unknown = [k for k in kwargs if k not in params]
             if unknown and not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
-                hint = _did_you_mean(unknown[0], params)
-                raise QueryError(_join(kwargs_path, unknown[0]), f"{fn.__name__}() has no argument {unknown[0]!r}; {hint}it takes: {', '.join(params) or '(nothing)'}") from None
+                hint = did_you_mean(unknown[0], params)
+                raise QueryError(join_path(kwargs_path, unknown[0]), f"{fn.__name__}() has no argument {unknown[0]!r}; {hint}it takes: {', '.join(params) or '(nothing)'}") from None
             raise QueryError(kwargs_path, f"{getattr(fn, '__name__', 'the factory')}(): {e}") from None
     try:
         return fn(**kwargs)
     except (ValueError, TypeError) as e:
         unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if unexpected and unexpected.group(1) in kwargs:
-            raise QueryError(_join(kwargs_path, unexpected.group(1)), f"not an argument of {getattr(fn, '__name__', 'the factory')}() ({e})") from None
+            raise QueryError(join_path(kwargs_path, unexpected.group(1)), f"not an argument of {getattr(fn, '__name__', 'the factory')}() ({e})") from None
         raise QueryError(kwargs_path, f"{getattr(fn, '__name__', 'the factory')}() refused its arguments: {e}") from None
 
 
-def _load_state_dict(path: Path, where: str) -> dict[str, Tensor]:
+def read_state_dict(path: Path, where: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -112,7 +112,7 @@ def _load_state_dict(path: Path, where: str) -> dict[str, Tensor]:
     return state
 
 
-def _fit_weights(model: nn.Module, state: dict[str, Tensor], where: str) -> None:
+def fit_weights(model: nn.Module, state: dict[str, Tensor], where: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -143,12 +143,12 @@ def load_model(spec: dict[str, Any], folder: Path) -> nn.Module:
         except Exception as e:
             raise QueryError("model.torchscript", f"cannot load {path.name} as TorchScript ({type(e).__name__}: {str(e)[:200]})") from None
         return model.eval()
-    fn = _import(spec["factory"], "model.factory", folder)
-    model = _call_factory(fn, spec["kwargs"], "model.kwargs")
+    fn = import_callable(spec["factory"], "model.factory", folder)
+    model = call_factory(fn, spec["kwargs"], "model.kwargs")
     if not isinstance(model, nn.Module):
         raise QueryError("model.factory", f"{spec['factory']!r} returned a {type(model).__name__}, not a torch.nn.Module")
     if spec["weights"] is not None:
-        _fit_weights(model, _load_state_dict(spec["weights"], "model.weights"), "model.weights")
+        fit_weights(model, read_state_dict(spec["weights"], "model.weights"), "model.weights")
     return model.eval()
 
 
@@ -183,15 +183,15 @@ def _read_arrays(path: Path, where: str) -> dict[str, Any]:
 
 
 def _array_file(spec: dict[str, Any], where: str) -> Tensor:
-    arrays = _read_arrays(spec["file"], _join(where, "file"))
+    arrays = _read_arrays(spec["file"], join_path(where, "file"))
     key = spec["key"]
     if key is None:
         if len(arrays) != 1:
-            raise QueryError(_join(where, "key"), f"{spec['file'].name} holds several arrays ({', '.join(sorted(arrays))}); name one with key:")
+            raise QueryError(join_path(where, "key"), f"{spec['file'].name} holds several arrays ({', '.join(sorted(arrays))}); name one with key:")
         key = next(iter(arrays))
     elif key not in arrays:
-        hint = _did_you_mean(key, list(arrays))
-        raise QueryError(_join(where, "key"), f"no array {key!r} in {spec['file'].name}; {hint}arrays: {', '.join(sorted(arrays))}")
+        hint = did_you_mean(key, list(arrays))
+        raise QueryError(join_path(where, "key"), f"no array {key!r} in {spec['file'].name}; {hint}arrays: {', '.join(sorted(arrays))}")
     return _as_tensor(arrays[key], key, where)
 
 
@@ -217,7 +217,7 @@ class Data:
         if name in self.unusable:
             raise QueryError(where, self.unusable[name])
         if name not in self.arrays:
-            hint = _did_you_mean(name, list(self.arrays))
+            hint = did_you_mean(name, list(self.arrays))
             raise QueryError(where, f"no array {name!r} in the data; {hint}arrays: {', '.join(sorted(self.arrays))}")
         return self.arrays[name]
 
@@ -272,7 +272,7 @@ def _input_entries(layout: Any) -> list[tuple[Any, str, str]]:
         return [(None, layout, "data.inputs")]
     if isinstance(layout, list):
         return [(i, name, f"data.inputs[{i}]") for i, name in enumerate(layout)]
-    return [(key, name, _join("data.inputs", key)) for key, name in layout.items()]
+    return [(key, name, join_path("data.inputs", key)) for key, name in layout.items()]
 
 
 def _assemble(layout: Any, arrays: dict[str, Tensor]) -> Points:
@@ -325,15 +325,15 @@ def _token_rows(spec: Any, raw: dict[str, Any], arrays: dict[str, Tensor], ids: 
             raise QueryError(
                 where, "a vocabulary maps token ids, but data.inputs holds none: name 2-D integer ids (a mapping's input_ids, or the first array of a list)"
             )
-        vocab = _read_vocab(spec["vocab"], _join(where, "vocab"))
+        vocab = _read_vocab(spec["vocab"], join_path(where, "vocab"))
         top = int(ids.max()) if ids.numel() else -1
         if top >= len(vocab) or (ids.numel() and int(ids.min()) < 0):
             bad = top if top >= len(vocab) else int(ids.min())
-            raise QueryError(_join(where, "vocab"), f"token id {bad} of the data is not a line of {spec['vocab'].name} ({len(vocab)} tokens, ids 0..{len(vocab) - 1})")
+            raise QueryError(join_path(where, "vocab"), f"token id {bad} of the data is not a line of {spec['vocab'].name} ({len(vocab)} tokens, ids 0..{len(vocab) - 1})")
         return [[vocab[t] for t in row] for row in ids.tolist()]
     if spec not in raw:
         names = sorted(raw)
-        hint = _did_you_mean(spec, names)
+        hint = did_you_mean(spec, names)
         raise QueryError(where, f"no array {spec!r} in {source}; {hint}arrays: {', '.join(names) or '(none)'}")
     value = raw[spec]
     if spec in arrays:
@@ -347,7 +347,7 @@ def _token_rows(spec: Any, raw: dict[str, Any], arrays: dict[str, Tensor], ids: 
     rows = []
     for i, row in enumerate(value):
         if not isinstance(row, (list, tuple)) or not all(isinstance(t, str) for t in row):
-            raise QueryError(where, f"row {i} of {spec!r} must be a list of token strings (got {_show(row)})")
+            raise QueryError(where, f"row {i} of {spec!r} must be a list of token strings (got {show_value(row)})")
         if length is None:
             length = len(row)
         if len(row) != length:
@@ -364,8 +364,8 @@ def load_data(spec: dict[str, Any], folder: Path, model: nn.Module | None = None
         raw = _read_arrays(spec["path"], "data.path")
         source = spec["path"].name
     else:
-        fn = _import(spec["factory"], "data.factory", folder)
-        raw = _call_factory(fn, spec["kwargs"], "data.kwargs")
+        fn = import_callable(spec["factory"], "data.factory", folder)
+        raw = call_factory(fn, spec["kwargs"], "data.kwargs")
         source = spec["factory"]
         if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
             raise QueryError("data.factory", f"{source!r} returned a {type(raw).__name__}; a data factory returns a dict of named arrays, e.g. {{'x': x, 'y': y}}")
@@ -382,7 +382,7 @@ def load_data(spec: dict[str, Any], folder: Path, model: nn.Module | None = None
         if name in other:
             raise QueryError(where, other[name])
         if name not in arrays:
-            hint = _did_you_mean(name, names)
+            hint = did_you_mean(name, names)
             raise QueryError(where, f"no array {name!r} in {source}; {hint}arrays: {', '.join(names) or '(none)'}")
         return arrays[name]
 

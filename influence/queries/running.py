@@ -22,9 +22,9 @@ from slices._cut import find_module
 from slices._realisations import call as call_model
 
 from ..engine import InfluenceResult, LayerRecorder, frozen, internal_influence
-from .checks import QueryError, _Ctx, _join
+from .checks import Context, QueryError, join_path
 from .kinds import DOI_KINDS, _at, _build_qoi, _Builder
-from .loading import Data, _array_file, _import, load_data, load_model
+from .loading import Data, _array_file, import_callable, load_data, load_model
 from .schema import QueryFile, QuerySpec, _parse_device, _walk_qois
 
 
@@ -38,7 +38,7 @@ class Session:
     def __init__(self, file: QueryFile, device: str | None = None) -> None:
         self.file = file
         if device is not None:
-            device = _parse_device(device, "--device", _Ctx(file.folder))
+            device = _parse_device(device, "--device", Context(file.folder))
             _check_device(device, "--device")
         self.device = device
         self.model = load_model(file.model, file.folder)
@@ -106,7 +106,7 @@ class BuiltQuery:
             arg = str(e).partition(":")[0]
             fields = {"qoi": "qoi", "inputs": "inputs", "device": "device", "dtype": "dtype", "batch_size": "batch_size", "seed": "seed", "doi": "doi", "checkpoint": "checkpoint"}
             if arg in fields:
-                raise QueryError(_join(self.spec.path, fields[arg]), str(e).partition(":")[2].strip()) from None
+                raise QueryError(join_path(self.spec.path, fields[arg]), str(e).partition(":")[2].strip()) from None
             raise
         return result if isinstance(result, list) else [result]
 
@@ -122,7 +122,7 @@ class _QueryBuilder(_Builder):
 
     # _Builder interface -------------------------------------------------------------------
     def imported(self, spec: str, path: str) -> Any:
-        return _import(spec, path, self.session.file.folder)
+        return import_callable(spec, path, self.session.file.folder)
 
     def labels(self, path: str) -> Tensor:
         """The data's labels, or a QueryError at ``path`` when it has none."""
@@ -140,11 +140,11 @@ class _QueryBuilder(_Builder):
                 "write inputs as a mapping, e.g. {input_ids: ids, attention_mask: mask}",
             )
         if label is not None:
-            self.labels(_join(path, "label"))
+            self.labels(join_path(path, "label"))
             assert data.y is not None
             if not bool((data.y == label).any()):
                 present = sorted(set(data.y.tolist()))
-                raise QueryError(_join(path, "label"), f"class {label} is not in the data (labels present: {present[:20]})")
+                raise QueryError(join_path(path, "label"), f"class {label} is not in the data (labels present: {present[:20]})")
             return (data.x, data.y)
         return data.x if data.y is None else (data.x, data.y)
 
@@ -164,7 +164,7 @@ class _QueryBuilder(_Builder):
         if isinstance(spec, dict) and "token" in spec:
             return self._checked(self._token_baseline(spec, path, in_slice), path, in_slice)
         if isinstance(spec, dict) and "activation_of" in spec and self._token_inputs():
-            return self._checked(self._ids_activation(spec["activation_of"], _join(path, "activation_of")), path, in_slice)
+            return self._checked(self._ids_activation(spec["activation_of"], join_path(path, "activation_of")), path, in_slice)
         value = self._baseline_value(spec, path, in_slice)
         if isinstance(value, Tensor) and value.ndim == self._anchor(in_slice).ndim and value.shape[0] == self.data.rows and value.shape[0] != 1:
             value = value[self.rows]  # one row per data point: keep the anchors' rows, in order
@@ -224,10 +224,10 @@ class _QueryBuilder(_Builder):
 
         if not in_slice:
             raise QueryError(path, "{token: ...} is a baseline at the word embeddings; it needs space: slice and a slice at the embedding layer")
-        self._ids_or_fail(_join(path, "token"))
-        with _at(_join(path, "token")):
+        self._ids_or_fail(join_path(path, "token"))
+        with _at(join_path(path, "token")):
             points = baseline_ids(points_rows(self.data.x, self.rows), spec["token"], spec["keep"])
-        return self._slice_baseline(points, _join(path, "token"))
+        return self._slice_baseline(points, join_path(path, "token"))
 
     def _ids_activation(self, inner: Any, where: str) -> Tensor:
         """``{activation_of: {array: IDS}}`` for token inputs: the anchors with their token
@@ -239,14 +239,14 @@ class _QueryBuilder(_Builder):
                 "or write {token: ID, keep: [IDS]}",
             )
         kind = "array" if "array" in inner else "file"
-        value = self.data.array(inner["array"], _join(where, "array")) if kind == "array" else _array_file(inner, where)
+        value = self.data.array(inner["array"], join_path(where, "array")) if kind == "array" else _array_file(inner, where)
         if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-            raise QueryError(_join(where, kind), f"baseline token ids must be integers (got {value.dtype})")
+            raise QueryError(join_path(where, kind), f"baseline token ids must be integers (got {value.dtype})")
         length = ids.shape[1]
         if value.ndim == 1:
             value = value[None]
         if value.ndim != 2 or value.shape[1] != length or value.shape[0] not in (1, self.data.rows):
-            raise QueryError(_join(where, kind), f"baseline token ids of shape {tuple(value.shape)} do not fit ids of length {length}: give ({length},) or ({self.data.rows}, {length})")
+            raise QueryError(join_path(where, kind), f"baseline token ids of shape {tuple(value.shape)} do not fit ids of length {length}: give ({length},) or ({self.data.rows}, {length})")
         n = self.rows.shape[0]
         value = value[self.rows] if value.shape[0] == self.data.rows and self.data.rows != 1 else value.expand(n, length)
         points = points_rows(self.data.x, self.rows)
@@ -256,13 +256,13 @@ class _QueryBuilder(_Builder):
             points = (value.to(ids.dtype), *points[1:])
         else:
             points = value.to(ids.dtype)
-        return self._slice_baseline(points, _join(where, kind))
+        return self._slice_baseline(points, join_path(where, kind))
 
     def _baseline_value(self, spec: Any, path: str, in_slice: bool) -> Any:
         if isinstance(spec, float):
             return spec
         kind = next(iter(k for k in spec if k != "key"))
-        where = _join(path, kind)
+        where = join_path(path, kind)
         dtype = self._input_dtype()
         if kind == "mean":
             if self.data.structured:
@@ -295,17 +295,17 @@ class _QueryBuilder(_Builder):
             return self.slice.h(self.session.as_model_input(inner))
 
     def _select_inputs(self) -> Tensor:
-        spec, data, path = self.spec.inputs or {}, self.data, _join(self.spec.path, "inputs")
+        spec, data, path = self.spec.inputs or {}, self.data, join_path(self.spec.path, "inputs")
         rows = torch.arange(data.rows)
         if spec.get("label") is not None:
-            rows = torch.nonzero(self.labels(_join(path, "label")) == spec["label"]).flatten()
+            rows = torch.nonzero(self.labels(join_path(path, "label")) == spec["label"]).flatten()
             if rows.numel() == 0:
                 present = sorted(set(data.y.tolist()))
-                raise QueryError(_join(path, "label"), f"class {spec['label']} is not in the data (labels present: {present[:20]})")
+                raise QueryError(join_path(path, "label"), f"class {spec['label']} is not in the data (labels present: {present[:20]})")
         if spec.get("indices") is not None:
             for i, j in enumerate(spec["indices"]):
                 if j >= data.rows:
-                    raise QueryError(_join(_join(path, "indices"), i), f"index {j} is out of range: the data has {data.rows} points")
+                    raise QueryError(join_path(join_path(path, "indices"), i), f"index {j} is out of range: the data has {data.rows} points")
             rows = torch.tensor(spec["indices"], dtype=torch.long)
         if spec.get("limit") is not None:
             rows = rows[: spec["limit"]]
@@ -326,28 +326,28 @@ class _QueryBuilder(_Builder):
         what = "token ids (integer inputs)" if data.integer else "a mapping or list of inputs"
         if spec.slice["layer"] is None:
             raise QueryError(
-                _join(path, "slice"),
+                join_path(path, "slice"),
                 f"the inputs are {what}, which have no gradient at the input; explain them at their embedding: slice: {self._embedding_name()} "
                 "(with doi point, or line/noise with space: slice)",
             )
         if data.structured and spec.slice["realisation"] not in ("auto", "hook"):
             raise QueryError(
-                _join(path, "slice.realisation"), "a mapping or list of inputs is given to the model as model(**inputs) / model(*inputs), which only realisation: hook does (or auto)"
+                join_path(path, "slice.realisation"), "a mapping or list of inputs is given to the model as model(**inputs) / model(*inputs), which only realisation: hook does (or auto)"
             )
-        each, where = (spec.doi, _join(path, "doi")) if spec.pointwise else (spec.doi["each"], _join(path, "doi.each"))
+        each, where = (spec.doi, join_path(path, "doi")) if spec.pointwise else (spec.doi["each"], join_path(path, "doi.each"))
         if each["kind"] in ("line", "noise") and each["space"] == "input":
             fix = " and baseline: {token: 0} (the pad id at every position but padding)" if each["kind"] == "line" else ""
             raise QueryError(
-                _join(where, "space"),
+                join_path(where, "space"),
                 f"a {each['kind']} in input space would draw points between {what}, which have no path between them; "
                 f"draw them at the embedding: space: slice with slice: {self._embedding_name()}{fix}",
             )
-        out = _join(path, "output")
+        out = join_path(path, "output")
         if spec.output["essence"] is not None:
-            raise QueryError(_join(out, "essence"), f"needs inputs as one tensor of floats; the inputs here are {what}")
+            raise QueryError(join_path(out, "essence"), f"needs inputs as one tensor of floats; the inputs here are {what}")
         plots = spec.output["plots"]
         if isinstance(plots, list) and "neuron_grid" in plots:
-            raise QueryError(_join(out, f"plots[{plots.index('neuron_grid')}]"), f"neuron_grid draws images; the inputs here are {what} (use tokens)")
+            raise QueryError(join_path(out, f"plots[{plots.index('neuron_grid')}]"), f"neuron_grid draws images; the inputs here are {what} (use tokens)")
 
     def build(self) -> BuiltQuery:
         spec, session = self.spec, self.session
@@ -356,14 +356,14 @@ class _QueryBuilder(_Builder):
         if session.device is not None:
             options["device"] = session.device
         if options["device"] is not None:
-            _check_device(options["device"], _join(path, "device"))
+            _check_device(options["device"], join_path(path, "device"))
         options["dtype"] = _dtype(options["dtype"])
         options["autocast"] = _dtype(options["autocast"])
         # the slice
         layer = spec.slice["layer"]
         if layer is not None and session.is_script:
             raise QueryError(
-                _join(path, "slice"),
+                join_path(path, "slice"),
                 "a TorchScript model can be explained at its input only (slice: null): hooks cannot reach inside it; "
                 "load the model with factory: to cut at a layer",
             )
@@ -371,7 +371,7 @@ class _QueryBuilder(_Builder):
         realisation = spec.slice["realisation"]
         if realisation == "auto" and self.data.structured:
             realisation = "hook"  # model(**inputs) runs through hooks only
-        with _at(_join(path, "slice.layer") if layer is not None else _join(path, "slice")):
+        with _at(join_path(path, "slice.layer") if layer is not None else join_path(path, "slice")):
             cut = Cut(layer, spec.slice["at"]) if layer is not None else None
             self.slice = Slice(self.model, cut, realisation=realisation)
         # which points
@@ -379,18 +379,18 @@ class _QueryBuilder(_Builder):
         if spec.pointwise:
             self.rows = self._select_inputs()
         elif kind == "class":
-            self.rows = torch.nonzero(self.labels(_join(path, "doi.label")) == spec.doi["label"]).flatten()
-        doi_path = _join(path, "doi")
+            self.rows = torch.nonzero(self.labels(join_path(path, "doi.label")) == spec.doi["label"]).flatten()
+        doi_path = join_path(path, "doi")
         with _at(doi_path):
             doi = DOI_KINDS[kind].build(spec.doi, doi_path, self)
         inputs = points_rows(self.data.x, self.rows) if spec.pointwise else None
         # the QoIs, tried on one point
-        qoi_path = _join(path, "qoi")
+        qoi_path = join_path(path, "qoi")
         specs = spec.qoi if isinstance(spec.qoi, list) else [spec.qoi]
         qois: list[QuantityOfInterest] = []
         several = isinstance(spec.qoi, list)
         for i, q in enumerate(specs):
-            where = _join(qoi_path, i) if isinstance(spec.qoi, list) else qoi_path
+            where = join_path(qoi_path, i) if isinstance(spec.qoi, list) else qoi_path
             with _at(where):
                 built = _build_qoi(q, where, self)
             for one in built if isinstance(built, list) else [built]:
@@ -399,7 +399,7 @@ class _QueryBuilder(_Builder):
             several = several or isinstance(built, list)
         qoi: Any = qois if several else qois[0]
         if spec.output["top"]["anchor"] != "mean" and inputs is not None and spec.output["top"]["anchor"] >= points_count(inputs):
-            raise QueryError(_join(path, "output.top.anchor"), f"is {spec.output['top']['anchor']} but the query explains {points_count(inputs)} points")
+            raise QueryError(join_path(path, "output.top.anchor"), f"is {spec.output['top']['anchor']} but the query explains {points_count(inputs)} points")
         return BuiltQuery(spec, self.slice, qoi, doi, inputs, self.rows, self.data, options)
 
     def _try_qoi(self, qoi: QuantityOfInterest, spec: dict[str, Any], path: str) -> None:
@@ -432,10 +432,10 @@ class _QueryBuilder(_Builder):
 
 def _neuron_path(spec: dict[str, Any], layer: str, path: str) -> str:
     if spec["kind"] == "neuron":
-        return _join(path, "layer")
+        return join_path(path, "layer")
     if spec["kind"] == "linear":
         for i, term in enumerate(spec["terms"]):
-            where = _join(_join(_join(path, "terms"), i), "qoi")
+            where = join_path(join_path(join_path(path, "terms"), i), "qoi")
             if any(s["kind"] == "neuron" and s["layer"] == layer for s in _walk_qois(term["qoi"])):
                 return _neuron_path(term["qoi"], layer, where)
     return path

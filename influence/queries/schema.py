@@ -17,10 +17,8 @@ import yaml
 
 from ..workflows import RANKINGS
 from .checks import (
-    _INT_LIMIT, IDENTIFIER_KEYS, REQUIRED, AnyMapping, Bool, Choice, Custom, FilePath, Float, ImportPath, Int, Key, Maybe, QueryError, Schema, Str, _Ctx,
-    _did_you_mean, _join, _mapping_check, _show, json_given, json_list, json_one_or_list, json_ref,
+    IDENTIFIER_KEYS, INT_LIMIT, REQUIRED, AnyMapping, Bool, Choice, Context, Custom, FilePath, Float, ImportPath, Int, Key, Maybe, QueryError, Schema, Str, did_you_mean, join_path, json_given, json_list, json_one_or_list, json_ref, mapping_check, show_value,
 )  # fmt: skip
-
 from .kinds import DOI_KINDS, SLICE_SCHEMA, _parse_qois, _parse_slice, _token_id, parse_doi, slice_json_schema
 
 # --- sections ---------------------------------------------------------------------------------
@@ -32,9 +30,9 @@ if TYPE_CHECKING:
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def _parse_device(value: Any, path: str, ctx: _Ctx) -> str:
+def _parse_device(value: Any, path: str, ctx: Context) -> str:
     if not isinstance(value, str) or not value:
-        raise QueryError(path, f"must be a device name such as 'cpu' or 'cuda' (got {_show(value)})")
+        raise QueryError(path, f"must be a device name such as 'cpu' or 'cuda' (got {show_value(value)})")
     try:
         torch.device(value)
     except Exception:
@@ -60,11 +58,11 @@ OPTION_KEYS = (
 )
 
 
-def _parse_checkpoint(value: Any, path: str, ctx: _Ctx) -> Path:
+def _parse_checkpoint(value: Any, path: str, ctx: Context) -> Path:
     """A checkpoint file (it need not exist yet; its folder must); relative to the query
     file's folder."""
     if not isinstance(value, str) or not value or "\0" in value:
-        raise QueryError(path, f"must be a file path (got {_show(value)})")
+        raise QueryError(path, f"must be a file path (got {show_value(value)})")
     target = Path(value).expanduser()
     if not target.is_absolute():
         target = ctx.folder / target
@@ -79,12 +77,12 @@ def _word_or_int(value: Any, path: str, word: str, minimum: int, expected: str) 
     """``word`` itself, or an int ``>= minimum``; else a QueryError saying ``expected``."""
     if isinstance(value, str) and value == word:
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and minimum <= value < _INT_LIMIT:
+    if isinstance(value, int) and not isinstance(value, bool) and minimum <= value < INT_LIMIT:
         return value
-    raise QueryError(path, f"must be {expected} (got {_show(value)})")
+    raise QueryError(path, f"must be {expected} (got {show_value(value)})")
 
 
-def _parse_batch_size(value: Any, path: str, ctx: _Ctx) -> Any:
+def _parse_batch_size(value: Any, path: str, ctx: Context) -> Any:
     return _word_or_int(value, path, "auto", 1, "an int >= 1 or 'auto'")
 
 MODEL_SCHEMA = Schema(
@@ -142,7 +140,7 @@ DATA_SCHEMA = Schema(
 )
 
 
-def _parse_input_names(value: Any, path: str, ctx: _Ctx) -> Any:
+def _parse_input_names(value: Any, path: str, ctx: Context) -> Any:
     """One array name, a list of them (``model(*inputs)``) or a mapping of the model's
     argument names to them (``model(**inputs)``)."""
     name = Str("an array name")
@@ -151,39 +149,39 @@ def _parse_input_names(value: Any, path: str, ctx: _Ctx) -> Any:
     if isinstance(value, list):
         if not value:
             raise QueryError(path, "the list is empty; name the arrays passed to the model, e.g. [input_ids, attention_mask]")
-        return [name(v, _join(path, i), ctx) for i, v in enumerate(value)]
+        return [name(v, join_path(path, i), ctx) for i, v in enumerate(value)]
     if isinstance(value, dict):
         if not value:
             raise QueryError(path, "the mapping is empty; map the model's arguments to arrays, e.g. {input_ids: ids, attention_mask: mask}")
         out = {}
         for key, v in value.items():
             if not isinstance(key, str) or not key.isidentifier():
-                raise QueryError(path, f"keys must be the model's argument names, identifiers such as input_ids (got {_show(key)})")
-            out[key] = name(v, _join(path, key), ctx)
+                raise QueryError(path, f"keys must be the model's argument names, identifiers such as input_ids (got {show_value(key)})")
+            out[key] = name(v, join_path(path, key), ctx)
         return out
     raise QueryError(
         path, f"must be an array name, a list of array names (model(*inputs)) or a mapping of argument names to array names "
-        f"(model(**inputs)), e.g. {{input_ids: ids, attention_mask: mask}} (got {_show(value)})",
+        f"(model(**inputs)), e.g. {{input_ids: ids, attention_mask: mask}} (got {show_value(value)})",
     )
 
 
-def _parse_tokens(value: Any, path: str, ctx: _Ctx) -> Any:
+def _parse_tokens(value: Any, path: str, ctx: Context) -> Any:
     if isinstance(value, str) and value:
         return value
     if isinstance(value, dict) and list(value) == ["vocab"]:
-        return {"vocab": FilePath()(value["vocab"], _join(path, "vocab"), ctx)}
+        return {"vocab": FilePath()(value["vocab"], join_path(path, "vocab"), ctx)}
     if isinstance(value, dict) and value:
         key = next((k for k in value if k != "vocab"), None)
         if key is not None:
-            hint = _did_you_mean(key, ["vocab"])
-            raise QueryError(_join(path, str(key)), f"unknown key; {hint}tokens is an array name or {{vocab: FILE}}")
-    raise QueryError(path, f"must be the name of an array of token strings (N rows of L strings) or {{vocab: FILE}} (one token per line) (got {_show(value)})")
+            hint = did_you_mean(key, ["vocab"])
+            raise QueryError(join_path(path, str(key)), f"unknown key; {hint}tokens is an array name or {{vocab: FILE}}")
+    raise QueryError(path, f"must be the name of an array of token strings (N rows of L strings) or {{vocab: FILE}} (one token per line) (got {show_value(value)})")
 
 
-def _int_list(value: Any, path: str, ctx: _Ctx, minimum: int = 0) -> list[int]:
+def _int_list(value: Any, path: str, ctx: Context, minimum: int = 0) -> list[int]:
     if not isinstance(value, list) or not value:
-        raise QueryError(path, f"must be a non-empty list of ints >= {minimum} (got {_show(value)})")
-    return [Int(minimum)(v, _join(path, i), ctx) for i, v in enumerate(value)]
+        raise QueryError(path, f"must be a non-empty list of ints >= {minimum} (got {show_value(value)})")
+    return [Int(minimum)(v, join_path(path, i), ctx) for i, v in enumerate(value)]
 
 
 def _int_list_json(minimum: int) -> dict[str, Any]:
@@ -199,7 +197,7 @@ INPUTS_SCHEMA = Schema(
     rules=({"not": json_given("label", "indices")},),
 )
 
-def _parse_anchor(value: Any, path: str, ctx: _Ctx) -> Any:
+def _parse_anchor(value: Any, path: str, ctx: Context) -> Any:
     return _word_or_int(value, path, "mean", 0, "'mean' or an int >= 0 (a point's position among the inputs)")
 
 
@@ -238,31 +236,31 @@ BOX_SCHEMA = Schema(
 )
 
 
-def _box(value: Any, path: str, ctx: _Ctx) -> dict[str, int]:
+def _box(value: Any, path: str, ctx: Context) -> dict[str, int]:
     """``{top, left, height, width}``, the library's one rectangle convention (the
     mapping, so that the query as run reads back the same). The former list ``[top, bottom, left, right]`` is read
     with a warning that gives the new spelling."""
     if isinstance(value, list) and len(value) == 4:
-        top, bottom, left, right = (Int(0)(v, _join(path, i), ctx) for i, v in enumerate(value))
+        top, bottom, left, right = (Int(0)(v, join_path(path, i), ctx) for i, v in enumerate(value))
         if bottom <= top or right <= left:
             raise QueryError(path, f"must have top < bottom and left < right (half-open pixel ranges) (got {value})")
         new = f"{{top: {top}, left: {left}, height: {bottom - top}, width: {right - left}}}"
         warnings.warn(f"{path}: the list [top, bottom, left, right] is deprecated; write {new} (the library's one rectangle convention)", FutureWarning, stacklevel=2)
         return {"top": top, "left": left, "height": bottom - top, "width": right - left}
     if not isinstance(value, dict):
-        raise QueryError(path, f"must be {{top, left, height, width}} in pixels, e.g. {{top: 0, left: 0, height: 3, width: 3}} (got {_show(value)})")
+        raise QueryError(path, f"must be {{top, left, height, width}} in pixels, e.g. {{top: 0, left: 0, height: 3, width: 3}} (got {show_value(value)})")
     box = BOX_SCHEMA.parse(value, path, ctx, what="a rectangle")
     return {key: box[key] for key in ("top", "left", "height", "width")}
 
 
-def _parse_regions(value: Any, path: str, ctx: _Ctx) -> dict[str, dict[str, Any]]:
+def _parse_regions(value: Any, path: str, ctx: Context) -> dict[str, dict[str, Any]]:
     if not isinstance(value, dict):
-        raise QueryError(path, f"must be a mapping of region names to {{box: ...}} or {{mask: ...}} (got {_show(value)})")
+        raise QueryError(path, f"must be a mapping of region names to {{box: ...}} or {{mask: ...}} (got {show_value(value)})")
     out = {}
     for name, spec in value.items():
-        where = _join(path, str(name))
+        where = join_path(path, str(name))
         if not isinstance(name, str) or not name:
-            raise QueryError(path, f"region names must be strings (got {_show(name)})")
+            raise QueryError(path, f"region names must be strings (got {show_value(name)})")
         region = REGION_SCHEMA.parse(spec, where, ctx, what="a region")
         if (region["box"] is None) == (region["mask"] is None):
             raise QueryError(where, "give exactly one of box: {top, left, height, width} or mask: ARRAY")
@@ -275,15 +273,15 @@ PLOT_KINDS = ("heatmaps", "neuron_grid", "contrast", "audit_bars", "curves", "es
 _PLOT_NEEDS = {"audit_bars": "audit", "curves": "curves", "essence": "essence"}  # the output key a picture draws
 
 
-def _parse_plots(value: Any, path: str, ctx: _Ctx) -> bool | list[str]:
+def _parse_plots(value: Any, path: str, ctx: Context) -> bool | list[str]:
     if isinstance(value, bool):
         return value
     if not isinstance(value, list):
-        raise QueryError(path, f"must be true (every picture that applies), false, or a list of {', '.join(PLOT_KINDS)} (got {_show(value)})")
-    return list(dict.fromkeys(Choice(PLOT_KINDS)(v, _join(path, i), ctx) for i, v in enumerate(value)))
+        raise QueryError(path, f"must be true (every picture that applies), false, or a list of {', '.join(PLOT_KINDS)} (got {show_value(value)})")
+    return list(dict.fromkeys(Choice(PLOT_KINDS)(v, join_path(path, i), ctx) for i, v in enumerate(value)))
 
 
-def _parse_audit_region(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+def _parse_audit_region(value: Any, path: str, ctx: Context) -> dict[str, Any]:
     region = REGION_SCHEMA.parse(value, path, ctx, what="a region")
     if (region["box"] is None) == (region["mask"] is None):
         raise QueryError(path, "give exactly one of box: {top, left, height, width} or mask: ARRAY")
@@ -294,25 +292,25 @@ def _parse_token_ids(value: Any, path: str) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list) or not value:
-        raise QueryError(path, f"must be a token id or a non-empty list of token ids (ints >= 0) (got {_show(value)})")
-    return [_token_id(v, _join(path, i)) for i, v in enumerate(value)]
+        raise QueryError(path, f"must be a token id or a non-empty list of token ids (ints >= 0) (got {show_value(value)})")
+    return [_token_id(v, join_path(path, i)) for i, v in enumerate(value)]
 
 
-def _parse_rankings(value: Any, path: str, ctx: _Ctx) -> list[str]:
+def _parse_rankings(value: Any, path: str, ctx: Context) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
-        raise QueryError(path, f"must be a non-empty list of {', '.join(RANKINGS)} (got {_show(value)})")
-    return list(dict.fromkeys(Choice(RANKINGS)(v, _join(path, i), ctx) for i, v in enumerate(value)))
+        raise QueryError(path, f"must be a non-empty list of {', '.join(RANKINGS)} (got {show_value(value)})")
+    return list(dict.fromkeys(Choice(RANKINGS)(v, join_path(path, i), ctx) for i, v in enumerate(value)))
 
 
-def _parse_curve_baseline(value: Any, path: str, ctx: _Ctx) -> Any:
+def _parse_curve_baseline(value: Any, path: str, ctx: Context) -> Any:
     if isinstance(value, str) and value in ("mean", "blur"):
         return value
     try:
         return Float()(value, path, ctx)
     except QueryError:
-        raise QueryError(path, f"must be a number, 'mean' or 'blur' (got {_show(value)})") from None
+        raise QueryError(path, f"must be a number, 'mean' or 'blur' (got {show_value(value)})") from None
 
 
 def _box_json() -> dict[str, Any]:
@@ -343,7 +341,7 @@ AUDIT_SCHEMA = Schema(
     rules=({"oneOf": [json_given("region"), json_given("tokens")]},),
 )
 
-def _parse_audit(value: Any, path: str, ctx: _Ctx) -> dict[str, Any]:
+def _parse_audit(value: Any, path: str, ctx: Context) -> dict[str, Any]:
     """The audit's keys; ``tokens`` appears only when given (a region audit reads as before)."""
     out = AUDIT_SCHEMA.parse(value, path, ctx)
     if out["tokens"] is None:
@@ -377,7 +375,7 @@ CURVES_SCHEMA = Schema(
 
 OUTPUT_SCHEMA = Schema(
     (
-        Key("top", _mapping_check(TOP_SCHEMA, "a top-k table"), TOP_SCHEMA.parse({}, "", _Ctx(Path("."))), "the table printed"),
+        Key("top", mapping_check(TOP_SCHEMA, "a top-k table"), TOP_SCHEMA.parse({}, "", Context(Path("."))), "the table printed"),
         Key("save", Bool(), True, "write <out>/<name>.json and <name>.pt"),
         Key(
             "plots", Custom("true, false or a list of pictures", _parse_plots, schema=lambda: {"anyOf": [{"type": "boolean"}, {"type": "array", "items": Choice(PLOT_KINDS).json_schema()}]}),
@@ -388,8 +386,8 @@ OUTPUT_SCHEMA = Schema(
             {}, "report the sum and |share| of influence per region",
         ),
         Key("audit", Maybe(Custom("an audit", lambda v, p, c: _parse_audit(v, p, c), schema=lambda: AUDIT_SCHEMA.json_schema())), None, "per class, the share of attribution in a region (or on given tokens)"),
-        Key("essence", Maybe(_mapping_check(ESSENCE_SCHEMA, "an essence check")), None, "keep the top-k units, AUC against random units"),
-        Key("curves", Maybe(_mapping_check(CURVES_SCHEMA, "curves")), None, "deletion and insertion curves of the attributions"),
+        Key("essence", Maybe(mapping_check(ESSENCE_SCHEMA, "an essence check")), None, "keep the top-k units, AUC against random units"),
+        Key("curves", Maybe(mapping_check(CURVES_SCHEMA, "curves")), None, "deletion and insertion curves of the attributions"),
         Key("report", Bool(), False, "add the query to <out>/report.html and report.md"),
     ),
     rules=tuple(
@@ -423,8 +421,8 @@ QUERY_SCHEMA = Schema(
             "qoi", Custom("a QoI or a list of QoIs", _parse_qois, schema=lambda: json_one_or_list(json_ref("qoi"))), REQUIRED,
             "the quantity of interest, e.g. {kind: class, label: 3}",
         ),
-        Key("inputs", Maybe(_mapping_check(INPUTS_SCHEMA, "a selection")), None, "pointwise DoIs: which data points to explain (default: all)"),
-        Key("output", _mapping_check(OUTPUT_SCHEMA, "an output mapping"), OUTPUT_SCHEMA.parse({}, "", _Ctx(Path("."))), "what to print and save"),
+        Key("inputs", Maybe(mapping_check(INPUTS_SCHEMA, "a selection")), None, "pointwise DoIs: which data points to explain (default: all)"),
+        Key("output", mapping_check(OUTPUT_SCHEMA, "an output mapping"), OUTPUT_SCHEMA.parse({}, "", Context(Path("."))), "what to print and save"),
         *(Key(k.name, k.check, None, k.doc) for k in OPTION_KEYS),
         Key(
             "checkpoint", Maybe(Custom("a file path", _parse_checkpoint, schema=Str().json_schema())), None,
@@ -526,7 +524,7 @@ def _read_yaml(path: Path) -> Any:
             try:
                 duplicate = key in seen
             except TypeError:
-                raise yaml.constructor.ConstructorError(None, None, f"found an unhashable key {_show(key)}", key_node.start_mark) from None
+                raise yaml.constructor.ConstructorError(None, None, f"found an unhashable key {show_value(key)}", key_node.start_mark) from None
             if duplicate:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen[key] = loader.construct_object(value_node, deep=True)
@@ -580,15 +578,15 @@ _TOP_KEYS = ("model", "data", "defaults", "queries")
 
 def parse_query(document: Any, folder: str | os.PathLike[str] = ".", *, source: str = "<query>") -> QueryFile:
     """Validate a parsed query document; relative paths start from ``folder``."""
-    ctx = _Ctx(Path(folder))
+    ctx = Context(Path(folder))
     if document is None:
         raise QueryError(source, "the query file is empty; it needs sections model, data and queries")
     if not isinstance(document, dict):
-        raise QueryError(source, f"a query file must be a mapping with sections model, data and queries (got {_show(document)})")
+        raise QueryError(source, f"a query file must be a mapping with sections model, data and queries (got {show_value(document)})")
     for key in document:
         if not isinstance(key, str) or key not in _TOP_KEYS:
-            hint = _did_you_mean(key, _TOP_KEYS)
-            raise QueryError(_join("", key if isinstance(key, str) else repr(key)), f"unknown section; {hint}valid sections: {', '.join(_TOP_KEYS)}")
+            hint = did_you_mean(key, _TOP_KEYS)
+            raise QueryError(join_path("", key if isinstance(key, str) else repr(key)), f"unknown section; {hint}valid sections: {', '.join(_TOP_KEYS)}")
     for section in ("model", "data", "queries"):
         if section not in document:
             raise QueryError(section, "missing section; a query file needs model, data and queries (see README, 'YAML queries')")
@@ -598,7 +596,7 @@ def parse_query(document: Any, folder: str | os.PathLike[str] = ".", *, source: 
     if model["torchscript"] is not None:
         for key in ("weights", "kwargs"):
             if document["model"].get(key):
-                raise QueryError(_join("model", key), "applies to factory models only; a TorchScript file holds its own weights")
+                raise QueryError(join_path("model", key), "applies to factory models only; a TorchScript file holds its own weights")
     data = DATA_SCHEMA.parse(document["data"], "data", ctx, what="a data section")
     if (data["path"] is None) == (data["factory"] is None):
         raise QueryError("data", "give exactly one of path: FILE (.npz or .pt) or factory: 'package.module:callable'")
@@ -609,7 +607,7 @@ def parse_query(document: Any, folder: str | os.PathLike[str] = ".", *, source: 
     defaults = DEFAULTS_SCHEMA.parse(document.get("defaults") or {}, "defaults", ctx, what="a defaults section")
     raw = document["queries"]
     if not isinstance(raw, list):
-        raise QueryError("queries", f"must be a list of queries (got {_show(raw)})")
+        raise QueryError("queries", f"must be a list of queries (got {show_value(raw)})")
     if not raw:
         raise QueryError("queries", "the list is empty; add at least one query with doi and qoi")
     queries = []
@@ -619,12 +617,12 @@ def parse_query(document: Any, folder: str | os.PathLike[str] = ".", *, source: 
         q = QUERY_SCHEMA.parse(item, path, ctx, what="a query")
         name = q["name"] or f"query{i}"
         if name in names:
-            raise QueryError(_join(path, "name"), f"{name!r} is already the name of queries[{names[name]}]; names must be unique")
+            raise QueryError(join_path(path, "name"), f"{name!r} is already the name of queries[{names[name]}]; names must be unique")
         names[name] = i
         options = {k.name: defaults[k.name] if q[k.name] is None else q[k.name] for k in OPTION_KEYS}
         if q["checkpoint"] is not None:
             if DOI_KINDS[q["doi"]["kind"]].pointwise:
-                raise QueryError(_join(path, "checkpoint"), f"applies to class and dataset DoIs (pooled queries); a {q['doi']['kind']} DoI is not checkpointed")
+                raise QueryError(join_path(path, "checkpoint"), f"applies to class and dataset DoIs (pooled queries); a {q['doi']['kind']} DoI is not checkpointed")
             options["checkpoint"] = q["checkpoint"]
         spec = QuerySpec(i, name, q["slice"], q["doi"], q["qoi"], q["inputs"], q["output"], options)
         _cross_check(spec, q, data)
@@ -644,69 +642,69 @@ def _cross_check(spec: QuerySpec, raw: dict[str, Any], data: dict[str, Any]) -> 
     path = spec.path
     if not spec.pointwise and spec.inputs is not None:
         raise QueryError(
-            _join(path, "inputs"), f"a {spec.doi['kind']} DoI takes its points from the data section; remove inputs (it applies to point, line and noise)"
+            join_path(path, "inputs"), f"a {spec.doi['kind']} DoI takes its points from the data section; remove inputs (it applies to point, line and noise)"
         )
     if not spec.pointwise and spec.output["top"]["anchor"] != "mean":
-        raise QueryError(_join(path, "output.top.anchor"), f"applies to pointwise DoIs; a {spec.doi['kind']} DoI gives one pooled explanation")
+        raise QueryError(join_path(path, "output.top.anchor"), f"applies to pointwise DoIs; a {spec.doi['kind']} DoI gives one pooled explanation")
     inputs = spec.inputs or {}
     if inputs.get("label") is not None and inputs.get("indices") is not None:
-        raise QueryError(_join(path, "inputs"), "give label or indices, not both")
+        raise QueryError(join_path(path, "inputs"), "give label or indices, not both")
     _cross_check_output(spec, data)
     if not isinstance(data["inputs"], str):  # a mapping or list of inputs: model(**inputs) / model(*inputs)
         what = "a mapping" if isinstance(data["inputs"], dict) else "a list"
         if spec.slice["layer"] is None:
             raise QueryError(
-                _join(path, "slice"),
+                join_path(path, "slice"),
                 f"data.inputs is {what} of arrays (token ids, masks), which has no gradient at the input; explain it at a layer "
                 "after the inputs, e.g. the word embeddings (slice: bert.embeddings.word_embeddings, or transformer.wte for GPT-2)",
             )
         if spec.slice["realisation"] not in ("auto", "hook"):
-            raise QueryError(_join(path, "slice.realisation"), f"data.inputs is {what} of arrays, given to the model as model(**inputs) / model(*inputs), which only realisation: hook does (or auto)")
-        each, where = (spec.doi, _join(path, "doi")) if spec.pointwise else (spec.doi["each"], _join(path, "doi.each"))
+            raise QueryError(join_path(path, "slice.realisation"), f"data.inputs is {what} of arrays, given to the model as model(**inputs) / model(*inputs), which only realisation: hook does (or auto)")
+        each, where = (spec.doi, join_path(path, "doi")) if spec.pointwise else (spec.doi["each"], join_path(path, "doi.each"))
         if each["kind"] in ("line", "noise") and each["space"] == "input":
             fix = " and baseline: {token: 0} (the pad id at every position but padding)" if each["kind"] == "line" else ""
             raise QueryError(
-                _join(where, "space"),
+                join_path(where, "space"),
                 f"data.inputs is {what} of arrays (token ids, masks); a {each['kind']} in input space cannot draw points between them: "
                 f"use space: slice at the embedding layer{fix}",
             )
     if data["labels"] is None:
         if spec.doi["kind"] == "class":
-            raise QueryError(_join(path, "doi.label"), "a class DoI needs labels, but data.labels is null")
+            raise QueryError(join_path(path, "doi.label"), "a class DoI needs labels, but data.labels is null")
         if inputs.get("label") is not None:
-            raise QueryError(_join(path, "inputs.label"), "needs labels, but data.labels is null")
+            raise QueryError(join_path(path, "inputs.label"), "needs labels, but data.labels is null")
 
 
 def _cross_check_output(spec: QuerySpec, data: dict[str, Any]) -> None:
     """What the pictures and analyses of ``output`` need from the rest of the query."""
-    out, path = spec.output, _join(spec.path, "output")
+    out, path = spec.output, join_path(spec.path, "output")
     at_input = spec.slice["layer"] is None
     audit = out["audit"]
     if audit is not None:
-        where = _join(path, "audit")
+        where = join_path(path, "audit")
         if audit["region"] is None and audit.get("tokens") is None:
             raise QueryError(
-                _join(where, "region"), "missing; give region: {box: {top, left, height, width}} or {mask: ARRAY} (images, slice: null), or tokens: [IDS] (text, at the word embeddings)"
+                join_path(where, "region"), "missing; give region: {box: {top, left, height, width}} or {mask: ARRAY} (images, slice: null), or tokens: [IDS] (text, at the word embeddings)"
             )
         if audit["region"] is not None and audit.get("tokens") is not None:
-            raise QueryError(_join(where, "tokens"), "give region (images) or tokens (text), not both")
+            raise QueryError(join_path(where, "tokens"), "give region (images) or tokens (text), not both")
         if audit.get("tokens") is not None:
             if at_input:
-                raise QueryError(_join(where, "tokens"), "audits token attributions at the word embeddings; use it in a query whose slice is the embedding layer")
+                raise QueryError(join_path(where, "tokens"), "audits token attributions at the word embeddings; use it in a query whose slice is the embedding layer")
             each = spec.doi if spec.pointwise else spec.doi["each"]
             base = each.get("baseline")
             if each["kind"] != "line" or each["space"] != "slice" or not isinstance(base, dict) or "token" not in base:
                 raise QueryError(
-                    _join(where, "tokens"),
+                    join_path(where, "tokens"),
                     "attributes with the query's line at the word embeddings: give the query (or its each) doi "
                     "{kind: line, space: slice, baseline: {token: ID, keep: [IDS]}}",
                 )
             if each.get("rule", "gauss-legendre") != "gauss-legendre":
-                raise QueryError(_join(where, "tokens"), f"the token audit integrates with rule gauss-legendre; the query's line uses {each['rule']!r}")
+                raise QueryError(join_path(where, "tokens"), f"the token audit integrates with rule gauss-legendre; the query's line uses {each['rule']!r}")
     for key, needs_input in (("audit", True), ("curves", True), ("essence", False)):
         if out[key] is None:
             continue
-        where = _join(path, key)
+        where = join_path(path, key)
         if key == "audit" and out[key].get("tokens") is not None:
             needs_input = False
         if needs_input != at_input:
@@ -714,12 +712,12 @@ def _cross_check_output(spec: QuerySpec, data: dict[str, Any]) -> None:
         if key != "curves" and data["labels"] is None:
             raise QueryError(where, "needs labels, but data.labels is null")
     if out["curves"] is not None and not spec.pointwise:
-        raise QueryError(_join(path, "curves"), f"needs one attribution per image: a point, line or noise DoI (got {spec.doi['kind']})")
+        raise QueryError(join_path(path, "curves"), f"needs one attribution per image: a point, line or noise DoI (got {spec.doi['kind']})")
     if out["essence"] is not None and (isinstance(spec.qoi, list) or spec.qoi["kind"] not in ("class", "comparative")):
-        raise QueryError(_join(path, "essence"), "measures how one class or one comparison separates: use qoi kind class or comparative")
+        raise QueryError(join_path(path, "essence"), "measures how one class or one comparison separates: use qoi kind class or comparative")
     if isinstance(out["plots"], list):
         for i, kind in enumerate(out["plots"]):
-            where = _join(_join(path, "plots"), i)
+            where = join_path(join_path(path, "plots"), i)
             needs = _PLOT_NEEDS.get(kind)
             if needs is not None and out[needs] is None:
                 raise QueryError(where, f"{kind} draws the result of output.{needs}; add output.{needs}")

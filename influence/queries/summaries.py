@@ -9,7 +9,7 @@ import torch
 
 from ..engine import InfluenceResult
 from ..workflows import Rect
-from .checks import QueryError, _join
+from .checks import QueryError, join_path
 from .running import BuiltQuery
 
 # --- summaries of results: top-k and regions ------------------------------------------------------
@@ -50,23 +50,23 @@ def region_table(built: BuiltQuery, result: InfluenceResult, regions: dict[str, 
     (per point, then averaged over the points for a pointwise result)."""
     values = result.values if not result.pooled else result.values[None]
     unit = tuple(values.shape[1:])
-    path = _join(built.spec.path, "output.regions")
+    path = join_path(built.spec.path, "output.regions")
     rows = []
     total = values.abs().flatten(1).sum(1)
     for name, region in regions.items():
-        where = _join(path, name)
+        where = join_path(path, name)
         if len(unit) < 2:
             raise QueryError(where, f"regions need units with at least two dims (H, W); the unit shape is {unit}")
         if region["box"] is not None:
             rect = Rect(**region["box"])
             h, w = unit[-2:]
             if not rect.fits(h, w):
-                raise QueryError(_join(where, "box"), f"{rect} does not fit units of spatial shape ({h}, {w})")
+                raise QueryError(join_path(where, "box"), f"{rect} does not fit units of spatial shape ({h}, {w})")
             mask = rect.mask(h, w).expand(values.shape)
         else:
-            mask = built.data.array(region["mask"], _join(where, "mask"))
+            mask = built.data.array(region["mask"], join_path(where, "mask"))
             if mask.dtype != torch.bool:
-                raise QueryError(_join(where, "mask"), f"array {region['mask']!r} must be bool (got {mask.dtype})")
+                raise QueryError(join_path(where, "mask"), f"array {region['mask']!r} must be bool (got {mask.dtype})")
             if not result.pooled and mask.ndim >= 1 and mask.shape[0] == built.data.rows and mask.ndim in (3, len(unit) + 1):
                 mask = mask[built.rows]
                 mask = mask if mask.ndim == len(unit) + 1 else mask.view(mask.shape[0], *([1] * (len(unit) - 2)), *mask.shape[1:])
@@ -75,7 +75,7 @@ def region_table(built: BuiltQuery, result: InfluenceResult, regions: dict[str, 
             except RuntimeError:
                 per_point = " one per point," if not result.pooled else ""
                 raise QueryError(
-                    _join(where, "mask"), f"array {region['mask']!r} of shape {tuple(mask.shape)} does not fit units of shape {unit}; give (H, W),{per_point} or the unit shape"
+                    join_path(where, "mask"), f"array {region['mask']!r} of shape {tuple(mask.shape)} does not fit units of shape {unit}; give (H, W),{per_point} or the unit shape"
                 ) from None
         if region["invert"]:
             mask = ~mask

@@ -269,7 +269,7 @@ def _parse_regions(value: Any, path: str, ctx: Context) -> dict[str, dict[str, A
 
 
 PLOT_KINDS = ("heatmaps", "neuron_grid", "contrast", "audit_bars", "curves", "essence", "tokens")
-"""The pictures ``output.plots`` can ask for (see :mod:`influence._outputs`)."""
+"""The pictures ``output.plots`` can ask for (see :mod:`influence.queries._outputs`)."""
 _PLOT_NEEDS = {"audit_bars": "audit", "curves": "curves", "essence": "essence"}  # the output key a picture draws
 
 

@@ -4,7 +4,7 @@ For a slice ``f = g ∘ h``, the quantity ``q = f_a − f_b`` (:class:`~qoi.Comp
 and a population ``P`` (the points of class ``a``, or the union of several classes), each
 unit ``u`` gets a pooled score ``χ_u`` (the mean over ``P`` of a per-point quantity) with
 the standard error of that mean across the points of ``P``. ``ranking`` picks the
-per-point quantity (see :mod:`influence._rankings`):
+per-point quantity (see :mod:`influence.workflows._rankings`):
 
 * ``"influence"`` (default; Leino et al. 2018): ``∂q/∂z_u`` at ``z = h(x)``;
 * ``"gradient_x_activation"``: ``h_u(x) · ∂q/∂z_u``;

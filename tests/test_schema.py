@@ -45,6 +45,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from test_query import _paths  # every path into a document, for the one-edit changes
 
 from influence.queries import DOI_KINDS, QOI_KINDS, QueryError, parse_query
 from influence.queries.cli import main
@@ -471,17 +472,6 @@ def test_bad_documents_are_refused_by_both(case: tuple[str, dict[str, Any], str]
 
 
 # --- never stricter than validate ------------------------------------------------------------------------
-
-
-def _paths(tree: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix]
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            found += _paths(v, (*prefix, k))
-    elif isinstance(tree, list):
-        for i, v in enumerate(tree):
-            found += _paths(v, (*prefix, i))
-    return found
 
 
 def _values(tree: Any) -> list[Any]:
